@@ -1,0 +1,1 @@
+"""Importable logic behind the entry scripts (prepare_data.sh, train_caltech.py, ...)."""

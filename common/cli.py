@@ -1,0 +1,98 @@
+"""Command-line plumbing shared by every entry point.
+
+Bad input must end in one line that names the bad value and the valid ones, and
+a non-zero exit, never a traceback: `UserError` carries such a line, the parser
+below reports its own errors the same way, and `run_entry` turns both into exit
+codes.
+"""
+import argparse
+import logging
+import sys
+
+from tqdm import tqdm
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad option, missing or corrupt file).
+
+    The message is the whole report: one line naming the bad value and, where
+    there is a closed set, the valid values.
+    """
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (argparse adds a usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' except for unset options, flags, and helps that say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _int_at_least(low, text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    return _int_at_least(1, text)
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    return _int_at_least(0, text)
+
+
+def int_in_range(low, high):
+    """argparse type factory: an integer in [low, high]."""
+    def parse(text):
+        value = _int_at_least(low, text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+    parse.__name__ = f"int in [{low}, {high}]"
+    return parse
+
+
+def setup_logging(verbose=False):
+    """Configure the root logger once; called by entry points only."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on stderr; in a log file (no TTY) it updates every 10 s, not 10 times a second."""
+    kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 10.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, file=sys.stderr, **kwargs)
+
+
+def run_entry(main, prog, argv=None):
+    """Run `main(argv)`; report UserError/OSError as one line. Returns the exit code."""
+    try:
+        result = main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # Disk full, permission denied mid-run: the OS message names the file.
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0 if result is None else int(result)

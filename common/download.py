@@ -1,0 +1,220 @@
+"""Streamed, resumable, verified downloads and safe archive extraction.
+
+A download goes to `DEST.part` and is renamed to DEST only after its checksum
+matched, so DEST is always a verified file. An interrupted transfer resumes from
+the bytes already in `DEST.part` with an HTTP Range request; a server that
+answers 200 instead of 206 sends the whole file again, so the part file is
+truncated and written from byte 0 (appending would corrupt it).
+"""
+import logging
+import os
+import shutil
+import tarfile
+import time
+import urllib.parse
+
+import requests
+
+from .cli import UserError, progress
+from .fsutil import file_digest, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16
+# Connect / read timeouts in seconds; a stalled read is retried (and resumed).
+DEFAULT_TIMEOUT = (15.0, 60.0)
+_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class _TransferCut(Exception):
+    """The connection ended before the announced length arrived; resume it."""
+
+
+def url_filename(url):
+    """The file name a URL points at, without its query string."""
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise UserError(f"cannot tell a file name from URL {url!r}")
+    return name
+
+
+def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backoff=1.0):
+    """Fetch `url` into `dest` unless `dest` already holds a verified copy.
+
+    checksum: ('md5' | 'sha256', hex) or None (no verification possible).
+    A cached `dest` that fails its checksum is removed and fetched again; a fresh
+    download that fails it is removed and raises UserError.
+    Returns `dest`.
+    """
+    if os.path.exists(dest):
+        if checksum is None or _matches(dest, checksum):
+            log.info("using verified %s", dest)
+            return dest
+        log.warning("%s does not match its %s checksum; downloading it again", dest, checksum[0])
+        os.remove(dest)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    _fetch_with_retries(url, part, retries, timeout, backoff)
+    if checksum is not None and not _matches(part, checksum):
+        actual = file_digest(part, checksum[0])
+        os.remove(part)
+        raise UserError(f"checksum mismatch for {url}: expected {checksum[0]} {checksum[1]}, "
+                        f"got {actual}; the bad file was removed")
+    os.replace(part, dest)
+    return dest
+
+
+def _matches(path, checksum):
+    algo, expected = checksum
+    return file_digest(path, algo) == expected.lower()
+
+
+def _fetch_with_retries(url, part, retries, timeout, backoff):
+    for attempt in range(retries + 1):
+        try:
+            _fetch(url, part, timeout)
+            return
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError, _TransferCut) as exc:
+            if attempt == retries:
+                raise UserError(f"download of {url} failed after {retries + 1} attempts: {exc}") from None
+            wait = backoff * 2 ** attempt
+            log.warning("download interrupted (%s); resuming in %.0f s", exc, wait)
+            time.sleep(wait)
+
+
+def _fetch(url, part, timeout):
+    """One request: resume `part` if possible, else write it from byte 0."""
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        if resp.status_code == 416 and offset:
+            # Range starts at or past the end: the part file is complete or stale.
+            if _range_total(resp) == offset:
+                return
+            os.remove(part)
+            raise _TransferCut("stale partial file discarded")
+        _raise_for_status(url, resp)
+        resuming = resp.status_code == 206 and _range_start(resp) == offset
+        if offset and not resuming:
+            log.info("server did not resume at byte %d; downloading from the start", offset)
+            offset = 0
+        length = resp.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        written = _stream_body(resp, part, offset, total)
+    if total is not None and written < total:
+        raise _TransferCut(f"got {written} of {total} bytes")
+
+
+def _raise_for_status(url, resp):
+    if resp.status_code in _RETRYABLE_STATUS:
+        raise requests.ConnectionError(f"HTTP {resp.status_code}")
+    if resp.status_code >= 400:
+        raise UserError(f"cannot download {url}: HTTP {resp.status_code} {resp.reason}")
+
+
+def _stream_body(resp, part, offset, total):
+    """Write the response body at `offset` of `part`; returns the new size."""
+    mode = "ab" if offset else "wb"
+    name = os.path.basename(part)[: -len(".part")]
+    with open(part, mode) as f, progress(total=total, initial=offset, unit="B",
+                                         unit_scale=True, unit_divisor=1024, desc=name) as bar:
+        for chunk in resp.iter_content(chunk_size=_CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
+        return f.tell()
+
+
+def _range_start(resp):
+    """First byte of a 206 answer's Content-Range ('bytes START-END/TOTAL'), or None."""
+    value = resp.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _range_total(resp):
+    value = resp.headers.get("Content-Range", "")
+    try:
+        return int(value.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- extraction
+
+def _unsafe_reason(member, root):
+    """Why extracting `member` under `root` is unsafe, or None if it is safe."""
+    name = member.name
+    if os.path.isabs(name) or name.startswith(("/", "\\")):
+        return "has an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "contains '..'"
+    target = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([target, root]) != root:
+        return "would land outside the target folder"
+    if member.issym() or member.islnk():
+        return "is a link"
+    if not (member.isfile() or member.isdir()):
+        return "is a device, FIFO or other special file"
+    return None
+
+
+def safe_extract(archive, dest):
+    """Extract a tar archive into the new folder `dest`.
+
+    Every member is checked before anything is written: absolute paths, '..',
+    links and special files are refused (UserError), and Python's 'data' filter
+    is applied as a second guard.
+    """
+    root = os.path.realpath(dest)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise UserError(f"{archive} is not a readable tar archive: {exc}") from None
+    with tar:
+        members = tar.getmembers()
+        for member in members:
+            reason = _unsafe_reason(member, root)
+            if reason:
+                raise UserError(f"refusing to extract {archive}: member {member.name!r} {reason}")
+        os.makedirs(dest)
+        for member in progress(members, desc="extract", unit="file"):
+            tar.extract(member, dest, filter="data")
+
+
+def extract_once(archive, parent, force=False):
+    """Extract `archive` into `parent` unless a finished extraction is there.
+
+    The archive is unpacked into a hidden temporary folder and moved into place;
+    a stamp (written before the move, naming the archive's size, mtime and the
+    result) marks the extraction as finished. `force` redoes it. Returns the
+    dataset root: the archive's single top-level folder, or a folder named after
+    the archive.
+    """
+    stamp_path = os.path.join(parent, f".{os.path.basename(archive)}.extracted.json")
+    info = os.stat(archive)
+    identity = {"archive_size": info.st_size, "archive_mtime_ns": info.st_mtime_ns}
+    stamp = read_json(stamp_path) or {}
+    ours = os.path.join(parent, stamp["root"]) if "root" in stamp else None
+    if ours and os.path.isdir(ours):
+        if not force and all(stamp.get(k) == v for k, v in identity.items()):
+            log.info("using extracted %s", ours)
+            return ours
+        shutil.rmtree(ours)  # our own extraction of another archive, or --force
+    tmp = os.path.join(parent, f".{os.path.basename(archive)}.extracting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    safe_extract(archive, tmp)
+    entries = os.listdir(tmp)
+    single = len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0]))
+    root_name = entries[0] if single else os.path.basename(archive).split(".")[0]
+    final = os.path.join(parent, root_name)
+    if os.path.exists(final):
+        shutil.rmtree(tmp)
+        raise UserError(f"{final} already exists and was not extracted by this script; "
+                        f"remove it, or pass it as --src")
+    write_json_atomic(stamp_path, dict(identity, root=root_name))
+    os.replace(os.path.join(tmp, root_name) if single else tmp, final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,62 @@
+"""Files that appear under their final name only when complete.
+
+A killed run must never leave a truncated file under a name a later run would
+take as finished, so everything is written to a hidden temporary name in the
+same folder and renamed (atomic on POSIX) once complete.
+"""
+import contextlib
+import hashlib
+import json
+import os
+
+_BLOCK = 1 << 20
+
+
+def partial_path(path):
+    """The temporary name used while `path` is being written (same folder, hidden)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.partial")
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path; rename it to `path` only if the block succeeds."""
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path, text):
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path, default=None):
+    """The JSON in `path`, or `default` when it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def file_digest(path, algo="sha256"):
+    """Hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_digest(text, algo="sha256"):
+    return hashlib.new(algo, text.encode("utf-8")).hexdigest()

@@ -1,0 +1,272 @@
+"""prepare_data.sh: an image-folder dataset -> seeded train/val split -> RecordIO.
+
+Steps, each skipped when its finished output is already there (`--force` redoes
+them): download and verify the archive, extract it, check that every image
+decodes, split each class, write classes.txt and the .lst files, pack each set
+into .rec/.idx, write summary.json.
+"""
+import argparse
+import logging
+import os
+import platform
+import sys
+
+from . import download as dl
+from .cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
+                  positive_int, run_entry, setup_logging)
+from .fsutil import read_json, text_digest, write_json_atomic, write_text_atomic
+from .imagefolder import check_file, lst_text, scan_tree, split_class
+from .parallel import parallel_map
+from .recordio_pack import pack_set
+
+log = logging.getLogger(__name__)
+
+# Caltech-256 moved to CaltechDATA; the old vision.caltech.edu link is dead.
+CALTECH256_URL = "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar?download=1"
+CALTECH256_MD5 = "67b4f42ca05d46448c6bb8ecd2220f6d"  # published checksum of 256_ObjectCategories.tar
+SETS = ("train", "val")
+_REPORT_AT_MOST = 10  # skipped files printed; summary.json lists all
+
+
+def get_parser():
+    parser = OneLineArgumentParser(
+        prog="prepare_data.sh", formatter_class=HelpFormatter,
+        description="Split an image-folder dataset (default: Caltech-256, downloaded) into "
+                    "seeded train/val lists and pack both into MXNet RecordIO.")
+    src = parser.add_argument_group("source")
+    src.add_argument("--src", metavar="DIR", help="extracted dataset, one subfolder per class; "
+                     "without it the archive at --url is downloaded and extracted")
+    src.add_argument("--url", default=CALTECH256_URL, help="dataset archive (tar) to download")
+    src.add_argument("--md5", default=CALTECH256_MD5, type=_md5_arg,
+                     help="MD5 of the archive; 'none' skips verification")
+    src.add_argument("--download-dir", metavar="DIR", default="data/download",
+                     help="where the archive is downloaded and extracted")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", default="data", help="output folder")
+    out.add_argument("--prefix", default="caltech256", type=_prefix_arg,
+                     help="output names: PREFIX-train.rec, PREFIX-val.rec, ...")
+    split = parser.add_argument_group("split")
+    split.add_argument("--train-per-class", metavar="N", type=positive_int, default=60,
+                       help="training images per class")
+    split.add_argument("--val-per-class", metavar="N", type=positive_int, default=None,
+                       help="validation images per class (default: all the rest)")
+    split.add_argument("--seed", metavar="S", type=int, default=0, help="split seed")
+    split.add_argument("--include-clutter", action="store_true",
+                       help="keep a class folder whose name ends in '.clutter'")
+    pack = parser.add_argument_group("packing")
+    pack.add_argument("--resize", metavar="N", type=nonnegative_int, default=256,
+                      help="shorter side in pixels (0: keep the original size)")
+    pack.add_argument("--quality", metavar="Q", type=int_in_range(1, 100), default=95,
+                      help="JPEG quality")
+    pack.add_argument("--num-thread", metavar="N", type=positive_int, default=os.cpu_count() or 1,
+                      help="worker processes for checking and packing")
+    pack.add_argument("--force", action="store_true", help="redo finished steps")
+    return parser
+
+
+def _md5_arg(text):
+    if text.lower() == "none":
+        return None
+    if len(text) != 32 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"expected 32 hex digits or 'none', got {text!r}")
+    return text.lower()
+
+
+def _prefix_arg(text):
+    if not text or "/" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"expected a plain file name prefix, got {text!r}")
+    return text
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    _ensure_writable(args.out)
+    root = args.src if args.src else fetch_dataset(args)
+    scan = _scan(root, args.include_clutter)
+    reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
+                           args.num_thread, _hidden(args, "check-cache"), args.force)
+    splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
+                                args.train_per_class, args.val_per_class)
+              for name, files in scan.classes}
+    names = [name for name, _ in scan.classes]
+    write_text_atomic(os.path.join(args.out, "classes.txt"), "".join(f"{n}\n" for n in names))
+    lists = {}
+    for index, set_name in enumerate(SETS):
+        items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
+        lists[set_name] = _write_set(args, root, set_name, items)
+    summary = build_summary(args, root, scan, reasons, splits, lists)
+    write_json_atomic(os.path.join(args.out, "summary.json"), summary)
+    print_report(summary, args.out)
+
+
+def _ensure_writable(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"--out {out}: not a writable folder ({exc.strerror})") from None
+
+
+def _hidden(args, what):
+    """Path of a bookkeeping file in --out (hidden, so it is not mistaken for output)."""
+    return os.path.join(args.out, f".{args.prefix}-{what}.json")
+
+
+def fetch_dataset(args):
+    """Download (or reuse) the --url archive and extract it; returns the dataset root."""
+    os.makedirs(args.download_dir, exist_ok=True)
+    archive = os.path.join(args.download_dir, dl.url_filename(args.url))
+    # --force does not fetch a verified archive again: it is checked on every run.
+    if args.md5 is None:
+        log.warning("--md5 none: %s will not be verified", args.url)
+    dl.download(args.url, archive, checksum=("md5", args.md5) if args.md5 else None)
+    return dl.extract_once(archive, args.download_dir, force=args.force)
+
+
+def _scan(root, include_clutter):
+    if not os.path.isdir(root):
+        raise UserError(f"--src {root}: no such folder")
+    scan = scan_tree(root, include_clutter)
+    if not scan.classes:
+        found = "no image files" if scan.excluded else "no class subfolders"
+        raise UserError(f"--src {root}: {found}; expected one subfolder per class "
+                        f"(e.g. 001.ak47/001_0001.jpg)")
+    if len(scan.classes) == 1:
+        only = scan.classes[0][0]
+        raise UserError(f"--src {root}: only one class folder ({only!r}); "
+                        f"if it holds the class folders, pass --src {os.path.join(root, only)}")
+    return scan
+
+
+def check_images(root, rel_paths, workers, cache_path, force=False):
+    """Decode every image once; returns {relative path: None or reason unusable}.
+
+    Results are cached in `cache_path` by (size, mtime), so a rerun only decodes
+    files that changed.
+    """
+    cache = read_json(cache_path, {}) if not force else {}
+    if cache.get("root") != os.path.abspath(root):
+        cache = {}
+    entries = cache.get("files", {})
+    stats = {rel: os.stat(os.path.join(root, rel)) for rel in rel_paths}
+    todo = [rel for rel in rel_paths
+            if entries.get(rel, [None, None])[:2] != [stats[rel].st_size, stats[rel].st_mtime_ns]]
+    jobs = [os.path.join(root, rel) for rel in todo]
+    for rel, reason in zip(todo, parallel_map(check_file, jobs, workers, "check")):
+        entries[rel] = [stats[rel].st_size, stats[rel].st_mtime_ns, reason]
+    if todo:
+        write_json_atomic(cache_path, {"root": os.path.abspath(root), "files": entries})
+    return {rel: entries[rel][2] for rel in rel_paths}
+
+
+def _write_set(args, root, set_name, items):
+    """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx."""
+    base = os.path.join(args.out, f"{args.prefix}-{set_name}")
+    text = lst_text(items)
+    stamp = {"lst_sha256": text_digest(text), "records": len(items),
+             "resize": args.resize, "quality": args.quality, "root": os.path.abspath(root)}
+    if not _lst_matches(base + ".lst", text):
+        write_text_atomic(base + ".lst", text)
+    stamp_path = _hidden(args, f"{set_name}-done")
+    if not args.force and _pack_is_current(stamp_path, stamp, base):
+        log.info("%s.rec is complete and matches; skipping (use --force to repack)", base)
+    else:
+        if not items:
+            log.warning("the %s set is empty", set_name)
+        pack_set(root, items, base + ".rec", base + ".idx", args.resize, args.quality,
+                 args.num_thread, f"pack {set_name}")
+        stamp.update(rec_bytes=os.path.getsize(base + ".rec"), idx_bytes=os.path.getsize(base + ".idx"))
+        write_json_atomic(stamp_path, stamp)
+    return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",
+            "images": len(items), "lst_sha256": stamp["lst_sha256"]}
+
+
+def _lst_matches(path, text):
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _pack_is_current(stamp_path, expected, base):
+    """True if the stamp of a finished pack matches `expected` and the files are intact."""
+    stamp = read_json(stamp_path)
+    if not stamp or any(stamp.get(key) != value for key, value in expected.items()):
+        return False
+    try:
+        return (os.path.getsize(base + ".rec") == stamp["rec_bytes"]
+                and os.path.getsize(base + ".idx") == stamp["idx_bytes"])
+    except (OSError, KeyError):
+        return False
+
+
+def build_summary(args, root, scan, reasons, splits, lists):
+    """Everything a user needs to trust (or reproduce) the split, as one dict."""
+    classes = []
+    for label, (name, files) in enumerate(scan.classes):
+        train, val, unused = splits[name]
+        classes.append({"label": label, "name": name, "images": len(files),
+                        "unreadable": sum(reasons[rel] is not None for rel in files),
+                        "train": len(train), "val": len(val), "unused": len(unused)})
+    return {
+        "source": os.path.abspath(root),
+        "num_classes": len(classes),
+        "train_images": lists["train"]["images"],
+        "val_images": lists["val"]["images"],
+        "seed": args.seed,
+        "options": {key: value for key, value in vars(args).items()},
+        "classes": classes,
+        "warnings": _class_warnings(classes, args.train_per_class),
+        "skipped": [{"path": rel, "reason": why} for rel, why in sorted(reasons.items()) if why],
+        "ignored": [{"path": rel, "reason": why} for rel, why in scan.ignored],
+        "excluded_classes": [{"name": n, "images": c, "reason": why} for n, c, why in scan.excluded],
+        "lists": lists,
+        "versions": _versions(),
+    }
+
+
+def _class_warnings(classes, train_per_class):
+    warnings = []
+    for c in classes:
+        if c["train"] + c["val"] == 0:
+            warnings.append(f"class {c['label']} ({c['name']}) has no usable image at all")
+        elif c["val"] == 0:
+            warnings.append(f"class {c['label']} ({c['name']}) has NO validation image "
+                            f"(only {c['train']} usable)")
+        elif c["train"] < train_per_class:
+            warnings.append(f"class {c['label']} ({c['name']}) has only {c['train']} training "
+                            f"images (kept one of its {c['train'] + c['val']} for validation)")
+    return warnings
+
+
+def _versions():
+    import cv2
+    import numpy
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "opencv": cv2.__version__}
+
+
+def print_report(summary, out):
+    """The counts a user checks first, on stdout."""
+    print(f"{summary['num_classes']} classes")
+    for c in summary["excluded_classes"]:
+        print(f"  left out: {c['name']} ({c['images']} images): {c['reason']}")
+    for set_name in SETS:
+        info = summary["lists"][set_name]
+        print(f"{set_name}: {info['images']} images -> {info['rec']}")
+    print(f"unreadable images skipped: {len(summary['skipped'])}; "
+          f"non-image files ignored: {len(summary['ignored'])} (see {os.path.join(out, 'summary.json')})")
+    for entry in summary["skipped"][:_REPORT_AT_MOST]:
+        print(f"  skipped {entry['path']}: {entry['reason']}")
+    if len(summary["skipped"]) > _REPORT_AT_MOST:
+        print(f"  ... and {len(summary['skipped']) - _REPORT_AT_MOST} more")
+    for warning in summary["warnings"]:
+        print(f"WARNING: {warning}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry(main, "prepare_data.sh"))

@@ -1,0 +1,90 @@
+"""Pack images into MXNet RecordIO (.rec + .idx) with im2rec's record layout.
+
+Each record is `mx.recordio.pack(IRHeader(flag=0, label, id=index, id2=0), jpeg)`,
+as `im2rec.py` writes it, so `mx.io.ImageRecordIter` and
+`mx.recordio.MXIndexedRecordIO` read the files unchanged. Images are stored as
+JPEG of the BGR array (MXNet's decoder turns them back into RGB).
+"""
+import os
+
+import cv2
+
+from .cli import UserError
+from .fsutil import atomic_output
+from .imagefolder import decode_image
+from .parallel import parallel_map
+
+
+def resize_shorter(image, size):
+    """Resize an HxWxC image so its shorter side is `size` px (0: unchanged).
+
+    Like im2rec, the longer side is floor(long * size / short). INTER_AREA when
+    shrinking (it averages instead of aliasing), INTER_LINEAR when enlarging.
+    """
+    height, width = image.shape[:2]
+    if size <= 0 or min(height, width) == size:
+        return image
+    if height <= width:
+        new_h, new_w = size, max(1, width * size // height)
+    else:
+        new_h, new_w = max(1, height * size // width), size
+    shrink = size < min(height, width)
+    return cv2.resize(image, (new_w, new_h),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def encode_record(job):
+    """Worker: (path, resize, quality) -> (JPEG bytes, None) or (None, reason)."""
+    path, resize, quality = job
+    image, reason = decode_image(path)
+    if reason:
+        return None, reason
+    ok, buf = cv2.imencode(".jpg", resize_shorter(image, resize), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        return None, "JPEG encoding failed"
+    return buf.tobytes(), None
+
+
+def pack_set(root, items, rec_path, idx_path, resize, quality, workers, desc):
+    """Write `items` [(label, path relative to root)] as records 0..n-1.
+
+    Both files are written under temporary names; the record count is checked
+    against `items` before they are renamed. An image that no longer decodes
+    (it changed since it was checked) aborts the set with UserError: a record is
+    never silently dropped.
+    """
+    import mxnet as mx  # imported here: the spawned workers must not load MXNet
+    jobs = [(os.path.join(root, rel), resize, quality) for _, rel in items]
+    with atomic_output(idx_path) as tmp_idx, atomic_output(rec_path) as tmp_rec:
+        writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, "w")
+        try:
+            results = parallel_map(encode_record, jobs, workers, desc)
+            for index, ((label, rel), (payload, reason)) in enumerate(zip(items, results)):
+                if reason:
+                    raise UserError(f"{rel} can no longer be read ({reason}); "
+                                    f"it changed after it was checked: run again")
+                header = mx.recordio.IRHeader(0, float(label), index, 0)
+                writer.write_idx(index, mx.recordio.pack(header, payload))
+        finally:
+            writer.close()
+        verify_records(tmp_idx, tmp_rec, [label for label, _ in items])
+
+
+def verify_records(idx_path, rec_path, labels):
+    """Check a .rec/.idx pair holds exactly len(labels) records with these labels.
+
+    Reads the index and every record header (not the image bytes' decoding).
+    Raises UserError on any mismatch.
+    """
+    import mxnet as mx
+    reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    try:
+        if len(reader.keys) != len(labels):
+            raise UserError(f"{rec_path}: {len(reader.keys)} records, expected {len(labels)}")
+        for index, label in enumerate(labels):
+            header, payload = mx.recordio.unpack(reader.read_idx(index))
+            if header.id != index or header.label != float(label) or not payload:
+                raise UserError(f"{rec_path}: record {index} has id {header.id}, label "
+                                f"{header.label}; expected id {index}, label {label}")
+    finally:
+        reader.close()
