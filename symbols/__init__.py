@@ -1,0 +1,1 @@
+"""Network definitions; each module exposes get_symbol(num_classes=..., ...)."""
