@@ -14,6 +14,7 @@ import time
 import urllib.parse
 
 import requests
+import urllib3
 
 from .cli import UserError, progress
 from .fsutil import file_digest, read_json, write_json_atomic
@@ -54,7 +55,13 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
         os.remove(dest)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
+    resumed = os.path.exists(part)
     _fetch_with_retries(url, part, retries, timeout, backoff)
+    if checksum is not None and not _matches(part, checksum) and resumed:
+        # The bytes kept from an earlier run may be the bad ones: one fresh try.
+        log.warning("resumed download of %s fails its checksum; downloading it from the start", url)
+        os.remove(part)
+        _fetch_with_retries(url, part, retries, timeout, backoff)
     if checksum is not None and not _matches(part, checksum):
         actual = file_digest(part, checksum[0])
         os.remove(part)
@@ -95,15 +102,26 @@ def _fetch(url, part, timeout):
             os.remove(part)
             raise _TransferCut("stale partial file discarded")
         _raise_for_status(url, resp)
-        resuming = resp.status_code == 206 and _range_start(resp) == offset
-        if offset and not resuming:
+        if resp.status_code == 206 and _range_start(resp) != offset:
+            # A piece of the file from somewhere else: not safe to write anywhere.
+            if os.path.exists(part):
+                os.remove(part)
+            raise _TransferCut(f"server sent bytes from {_range_start(resp)}, asked for {offset}")
+        if offset and resp.status_code != 206:
             log.info("server did not resume at byte %d; downloading from the start", offset)
             offset = 0
-        length = resp.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+        total = _expected_size(resp, offset)
         written = _stream_body(resp, part, offset, total)
     if total is not None and written < total:
         raise _TransferCut(f"got {written} of {total} bytes")
+
+
+def _expected_size(resp, offset):
+    """Size of the whole file once this response is written at `offset`, if known."""
+    if resp.status_code == 206 and _range_total(resp) is not None:
+        return _range_total(resp)  # a 206 may stop short of the end: trust the total
+    length = resp.headers.get("Content-Length")
+    return offset + int(length) if length is not None else None
 
 
 def _raise_for_status(url, resp):
@@ -119,9 +137,17 @@ def _stream_body(resp, part, offset, total):
     name = os.path.basename(part)[: -len(".part")]
     with open(part, mode) as f, progress(total=total, initial=offset, unit="B",
                                          unit_scale=True, unit_divisor=1024, desc=name) as bar:
-        for chunk in resp.iter_content(chunk_size=_CHUNK):
-            f.write(chunk)
-            bar.update(len(chunk))
+        try:
+            # read1 hands over whatever has arrived, so a cut connection loses
+            # nothing already received (iter_content drops its unfinished chunk).
+            while True:
+                chunk = resp.raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                f.write(chunk)
+                bar.update(len(chunk))
+        except urllib3.exceptions.HTTPError as exc:
+            raise _TransferCut(f"connection broken after {f.tell()} bytes ({type(exc).__name__})") from None
         return f.tell()
 
 
