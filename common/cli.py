@@ -74,6 +74,13 @@ def setup_logging(verbose=False):
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def add_log_file(path):
+    """Also write the log to `path` (appending: a resumed run continues it)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
 def progress(iterable=None, **kwargs):
     """A tqdm bar on stderr; in a log file (no TTY) it updates every 10 s, not 10 times a second."""
     kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 10.0)

@@ -1,0 +1,190 @@
+"""The RecordIO sets prepare_data.sh wrote, checked, and their iterators.
+
+Before MXNet reads a .rec, every record header is read here through the .idx:
+a truncated or corrupt .rec can kill the process natively inside MXNet (SIGABRT,
+SIGFPE), and SoftmaxOutput trains silently wrong on a label >= num_classes. So
+labels, record bounds and counts are all checked first, in Python.
+"""
+import argparse
+import dataclasses
+import os
+import struct
+
+import numpy as np
+
+from .cli import UserError, positive_int
+
+_MAGIC = 0xCED7230A  # dmlc RecordIO record start
+_LENGTH_MASK = (1 << 29) - 1
+_IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: mx.recordio.IRHeader
+
+
+def image_shape(text):
+    """argparse type: 'C,H,W' -> (C, H, W) ints."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected channels,height,width like 3,224,224, got {text!r}")
+    return shape
+
+
+def add_data_args(parser):
+    """The data argument group (files, shapes, loader threads)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", metavar="DIR", default="data",
+                      help="folder prepare_data.sh wrote")
+    data.add_argument("--prefix", default="caltech256", help="prepare_data.sh's --prefix")
+    data.add_argument("--data-train", metavar="REC", help="training .rec (default: DATA_DIR/PREFIX-train.rec)")
+    data.add_argument("--data-val", metavar="REC", help="validation .rec (default: DATA_DIR/PREFIX-val.rec)")
+    data.add_argument("--classes", metavar="FILE", help="class names, one per line "
+                      "(default: classes.txt beside the training .rec)")
+    data.add_argument("--num-classes", type=positive_int, help="must match the data when given")
+    data.add_argument("--num-examples", type=positive_int,
+                      help="training images; must match the .idx when given")
+    data.add_argument("--image-shape", type=image_shape, default=(3, 224, 224),
+                      help="network input C,H,W; images are cropped to H,W")
+    data.add_argument("--data-nthreads", type=positive_int, default=4,
+                      help="decoding threads per iterator")
+    return data
+
+
+@dataclasses.dataclass
+class RecordSet:
+    """A checked .rec/.idx pair: path, idx path, and its labels in record order."""
+    rec: str
+    idx: str
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Training and validation sets with their class names (and the file listing them)."""
+    train: RecordSet
+    val: RecordSet
+    classes: list
+    classes_file: str
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
+                 num_classes=None, num_examples=None):
+    """Find, check and describe the train/val sets.
+
+    Raises UserError for a missing file, a corrupt record, a label outside
+    [0, num_classes), or --num-classes/--num-examples that disagree with the data.
+    """
+    train_rec = data_train or os.path.join(data_dir, f"{prefix}-train.rec")
+    val_rec = data_val or os.path.join(data_dir, f"{prefix}-val.rec")
+    class_file = classes or os.path.join(os.path.dirname(train_rec), "classes.txt")
+    names = read_classes(class_file)
+    if num_classes is not None and num_classes != len(names):
+        raise UserError(f"--num-classes {num_classes} does not match the data: "
+                        f"{class_file} lists {len(names)} classes")
+    train = check_record_set(train_rec, len(names))
+    if num_examples is not None and num_examples != len(train):
+        raise UserError(f"--num-examples {num_examples} does not match the data: "
+                        f"{train.idx} indexes {len(train)} records")
+    return Dataset(train, check_record_set(val_rec, len(names)), names, class_file)
+
+
+def read_classes(path):
+    """Class names, one per line (line i names label i)."""
+    if not os.path.isfile(path):
+        raise UserError(f"class list {path} not found (prepare_data.sh writes classes.txt; "
+                        f"or pass --classes/--num-classes)")
+    with open(path, encoding="utf-8") as f:
+        names = [line.rstrip("\n") for line in f if line.strip()]
+    if not names:
+        raise UserError(f"class list {path} is empty")
+    return names
+
+
+def check_record_set(rec, num_classes):
+    """Read every record header of `rec` (via its .idx) and check its label.
+
+    Also compares the count with the .lst beside it, when there is one.
+    """
+    idx = os.path.splitext(rec)[0] + ".idx"
+    for path in (rec, idx):
+        if not os.path.isfile(path):
+            raise UserError(f"{path} not found (run prepare_data.sh, or check --data-dir/--prefix)")
+    labels = read_labels(rec, idx)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes) | (labels != np.round(labels)))
+    if bad.size:
+        raise UserError(f"{rec}: record {bad[0]} has label {labels[bad[0]]:g}, outside the "
+                        f"{num_classes} classes [0, {num_classes - 1}] ({bad.size} such records)")
+    lst = os.path.splitext(rec)[0] + ".lst"
+    if os.path.isfile(lst):
+        with open(lst, encoding="utf-8") as f:
+            lines = sum(1 for line in f if line.strip())
+        if lines != len(labels):
+            raise UserError(f"{lst} lists {lines} images but {idx} indexes {len(labels)} records")
+    return RecordSet(rec, idx, labels.astype(np.int64))
+
+
+def read_labels(rec, idx):
+    """Labels of all records in .idx order, reading only each record's header.
+
+    Raises UserError for a record that starts at a bad offset, runs past the end
+    of the file (truncated .rec) or carries more than one label.
+    """
+    offsets = _read_idx(idx)
+    size = os.path.getsize(rec)
+    labels = np.empty(len(offsets), dtype=np.float64)
+    with open(rec, "rb") as f:
+        for i, (key, offset) in enumerate(offsets):
+            f.seek(offset)
+            head = f.read(8 + _IRHEADER.size)
+            if len(head) < 8 + _IRHEADER.size:
+                raise UserError(f"{rec}: record {key} at byte {offset} is cut off (truncated file?)")
+            magic, lrecord = struct.unpack("<II", head[:8])
+            if magic != _MAGIC or offset + 8 + (lrecord & _LENGTH_MASK) > size:
+                raise UserError(f"{rec}: record {key} at byte {offset} is corrupt or truncated")
+            flag, label, _, _ = _IRHEADER.unpack(head[8:])
+            if flag != 0:
+                raise UserError(f"{rec}: record {key} has {flag} labels; one label per image is supported")
+            labels[i] = label
+    return labels
+
+
+def _read_idx(idx):
+    rows = []
+    with open(idx, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                rows.append((int(parts[0]), int(parts[1])))
+            except (IndexError, ValueError):
+                raise UserError(f"{idx}:{number}: expected 'key<TAB>offset', got {line.strip()!r}") from None
+    if not rows:
+        raise UserError(f"{idx} is empty: the set has no images")
+    return rows
+
+
+def record_iter(record_set, image_shape, batch_size, train, threads, seed=0, num_parts=1, part_index=0):
+    """An ImageRecordIter with the project's one preprocessing recipe.
+
+    Training: true global shuffle through the .idx, random crop and mirror.
+    Validation/scoring: file order and center crop. Use a fresh iterator per pass
+    and keep only the first N outputs: MXNet 1.9.1 misreports the padding of the
+    last batch (see common/evaluate.py).
+    Images are raw 0-255 RGB: the zoo's ResNets normalize with their bn_data layer.
+    seed: shuffle and augmentation seed; give each epoch its own for an exact resume.
+    """
+    import mxnet as mx
+    return mx.io.ImageRecordIter(
+        path_imgrec=record_set.rec, path_imgidx=record_set.idx, label_width=1,
+        data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
+        batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
+        round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
+        num_parts=num_parts, part_index=part_index)

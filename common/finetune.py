@@ -1,0 +1,170 @@
+"""Head surgery on a pretrained symbol, by exact name and verified.
+
+The pretrained network is cut at a named layer (default flatten0, the input of
+the old classifier), and a new FullyConnected + SoftmaxOutput is attached under
+names the checkpoint does not use. Then every parameter of the cut network must
+come from the checkpoint with its exact shape, except the new head's: a missing
+or mis-shaped backbone parameter is an error, never a silent re-initialization.
+"""
+import dataclasses
+import json
+import logging
+
+from .cli import UserError
+
+log = logging.getLogger(__name__)
+
+HEAD_FC = "fc_new"
+_INPUTS = ("data", "softmax_label")
+_CANDIDATES_SHOWN = 12
+
+
+def cut(symbol, layer):
+    """The output of `layer` ('flatten0' or 'flatten0_output') as a symbol."""
+    internals = symbol.get_internals()
+    outputs = internals.list_outputs()
+    name = layer if layer.endswith("_output") else f"{layer}_output"
+    if name not in outputs:
+        raise UserError(f"--layer-before-fullc {layer}: no such layer output; candidates, "
+                        f"nearest the head first: {', '.join(candidate_layers(symbol))}")
+    return internals[name]
+
+
+def candidate_layers(symbol):
+    """Operator outputs of `symbol` (names without '_output'), last first."""
+    nodes = json.loads(symbol.tojson())["nodes"]
+    names = [node["name"] for node in nodes if node["op"] != "null"]
+    shown = list(reversed(names))[:_CANDIDATES_SHOWN]
+    return shown + (["..."] if len(names) > _CANDIDATES_SHOWN else [])
+
+
+def unused_name(base, taken):
+    """`base`, or base1, base2... whichever no name in `taken` starts with."""
+    candidates = [base] + [f"{base}{i}" for i in range(1, 1000)]
+    return next(c for c in candidates if not any(t == c or t.startswith(c + "_") for t in taken))
+
+
+def attach_head(features, num_classes, fc_name, dtype="float32"):
+    """features -> FullyConnected(num_classes, name=fc_name) -> SoftmaxOutput 'softmax'.
+
+    The softmax keeps the name 'softmax' so the label input is 'softmax_label',
+    which is what the iterators provide (the old softmax was cut away).
+    """
+    import mxnet as mx
+    net = mx.sym.FullyConnected(features, num_hidden=num_classes, name=fc_name)
+    if dtype == "float16":
+        net = mx.sym.Cast(net, dtype="float32", name=f"{fc_name}_float32")
+    return mx.sym.SoftmaxOutput(net, name="softmax")
+
+
+def cast_input(symbol, dtype):
+    """Feed `symbol` float16 data through a Cast; float32 leaves it unchanged."""
+    if dtype == "float32":
+        return symbol
+    import mxnet as mx
+    return symbol(data=mx.sym.Cast(mx.sym.Variable("data"), dtype=dtype, name=f"data_{dtype}"))
+
+
+@dataclasses.dataclass
+class Surgery:
+    """The fine-tuning symbol and where each of its parameters comes from.
+
+    loaded_args/loaded_aux: arrays taken from the checkpoint (exact names, shapes).
+    head: names of the new parameters, to be initialized fresh.
+    dropped: checkpoint parameters the cut network does not use (the old head).
+    """
+    symbol: object
+    loaded_args: dict
+    loaded_aux: dict
+    head: list
+    dropped: list
+
+    @property
+    def backbone(self):
+        return sorted(self.loaded_args)
+
+
+def build(symbol, arg_params, aux_params, num_classes, layer, data_shape, dtype="float32"):
+    """Cut `symbol` at `layer`, attach a new head, and match the checkpoint to it.
+
+    data_shape: (N, C, H, W) used to infer parameter shapes.
+    Raises UserError if a backbone parameter is missing or has another shape.
+    """
+    taken = set(arg_params) | set(aux_params) | set(symbol.list_arguments())
+    fc_name = unused_name(HEAD_FC, taken)
+    features = cast_input(cut(symbol, layer), dtype)
+    new_symbol = attach_head(features, num_classes, fc_name, dtype)
+    head = [f"{fc_name}_weight", f"{fc_name}_bias"]
+    arg_shapes, _, aux_shapes = new_symbol.infer_shape(data=data_shape)
+    args = dict(zip(new_symbol.list_arguments(), arg_shapes))
+    aux = dict(zip(new_symbol.list_auxiliary_states(), aux_shapes))
+    for name in _INPUTS + tuple(head):
+        args.pop(name, None)
+    loaded_args = match_params(args, arg_params, "argument", "pretrained checkpoint")
+    loaded_aux = match_params(aux, aux_params, "auxiliary state", "pretrained checkpoint")
+    dropped = sorted((set(arg_params) - set(loaded_args)) | (set(aux_params) - set(loaded_aux)))
+    return Surgery(new_symbol, loaded_args, loaded_aux, head, dropped)
+
+
+def match_params(expected, params, kind, what):
+    """{name: checkpoint array} for every expected {name: shape}, or UserError.
+
+    kind: 'argument' or 'auxiliary state'; what: the checkpoint, for the message.
+    """
+    missing = sorted(name for name in expected if name not in params)
+    wrong = sorted(f"{name} {tuple(params[name].shape)} != {tuple(shape)}"
+                   for name, shape in expected.items()
+                   if name in params and tuple(params[name].shape) != tuple(shape))
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")]
+                    if missing else []) + [f"shape {w}" for w in wrong[:5]]
+        raise UserError(f"{what} does not fit the network: {len(missing)} {kind}(s) "
+                        f"missing, {len(wrong)} of another shape: {'; '.join(problems)}")
+    return {name: params[name] for name in expected}
+
+
+def log_surgery(surgery):
+    """Say which parameters came from the checkpoint and which are new."""
+    log.info("loaded %d arguments and %d auxiliary states from the checkpoint",
+             len(surgery.loaded_args), len(surgery.loaded_aux))
+    log.info("initialized fresh: %s", ", ".join(surgery.head))
+    if surgery.dropped:
+        log.info("not used (cut away with the old head): %s", ", ".join(surgery.dropped))
+
+
+def edit_nodes(symbol, edit):
+    """A copy of `symbol` with edit(node) applied to every node of its JSON graph."""
+    import mxnet as mx
+    graph = json.loads(symbol.tojson())
+    for node in graph["nodes"]:
+        edit(node)
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def freeze_batchnorm(symbol, names):
+    """BatchNorm layers in `names` use (and keep) their moving statistics.
+
+    fixed_param_names freezes gamma/beta but not the moving mean/variance, which
+    training-mode BatchNorm keeps updating; use_global_stats stops that.
+    """
+    def edit(node):
+        if node["op"] == "BatchNorm" and node["name"] in names:
+            node.setdefault("attrs", {})["use_global_stats"] = "True"
+    return edit_nodes(symbol, edit)
+
+
+def set_lr_mult(symbol, names, mult):
+    """Give the variables in `names` a learning-rate multiplier.
+
+    It travels as the `__lr_mult__` attribute, which the optimizer reads by
+    parameter name, so it holds for any number of devices.
+    """
+    def edit(node):
+        if node["op"] == "null" and node["name"] in names:
+            node.setdefault("attrs", {})["__lr_mult__"] = repr(float(mult))
+    return edit_nodes(symbol, edit)
+
+
+def operator_names(symbol, op):
+    """Names of the nodes of type `op` in `symbol`."""
+    return {node["name"] for node in json.loads(symbol.tojson())["nodes"] if node["op"] == op}

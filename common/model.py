@@ -1,0 +1,111 @@
+"""Networks and the fine-tuning modes: which symbol to train, from which weights.
+
+Modes (--mode):
+  full        every layer trains; pretrained layers at lr * --lr-mult-pretrained
+  last-layer  only the new head trains; the backbone, including its BatchNorm
+              statistics, stays exactly as pretrained
+  scratch     the same network from random weights, for comparison
+The fourth use of a pretrained network, predicting without training, is predict.py.
+"""
+import dataclasses
+import logging
+
+from . import finetune, modelzoo
+from .checkpoint import load_checkpoint
+from .cli import UserError
+
+log = logging.getLogger(__name__)
+
+_IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
+_SMALL_INPUT_DEPTHS = (20, 32, 44, 56, 110)
+NETWORKS = tuple(f"resnet-{d}" for d in sorted(_IMAGENET_DEPTHS + _SMALL_INPUT_DEPTHS))
+MODES = ("full", "last-layer", "scratch")
+DTYPES = ("float32", "float16")
+
+
+def add_model_args(parser):
+    """The model argument group (network, pretrained weights, mode)."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--network", choices=NETWORKS, default="resnet-50",
+                       help="symbols/ network: used by --mode scratch, and to pick the default "
+                            "--pretrained-model and --model-prefix")
+    model.add_argument("--mode", choices=MODES, default="full", help="what trains (see README)")
+    model.add_argument("--pretrained-model", metavar="NAME|PREFIX",
+                       help="model-zoo name (" + ", ".join(modelzoo.MODELS) + ") or a local "
+                            "checkpoint prefix (default: imagenet1k-NETWORK)")
+    model.add_argument("--pretrained-epoch", type=int, default=0,
+                       help="epoch of a local pretrained checkpoint (zoo names know theirs)")
+    model.add_argument("--model-dir", metavar="DIR", default="model",
+                       help="where zoo checkpoints are downloaded")
+    model.add_argument("--layer-before-fullc", metavar="LAYER", default="flatten0",
+                       help="cut the pretrained network at this layer's output")
+    model.add_argument("--lr-mult-pretrained", type=float, default=1.0,
+                       help="--mode full: learning-rate multiplier of pretrained layers (e.g. 0.1)")
+    model.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="compute type; float16 keeps float32 master weights (multi_precision)")
+    return model
+
+
+@dataclasses.dataclass
+class Model:
+    """A symbol to train and where its parameters start from.
+
+    arg_params/aux_params: arrays to load; fresh: argument names to initialize;
+    fixed: argument names that must not change (last-layer mode).
+    """
+    symbol: object
+    arg_params: dict
+    aux_params: dict
+    fresh: list
+    fixed: list
+
+
+def network_symbol(network, num_classes, image_shape, dtype="float32"):
+    """The symbols/ network called `network` ('resnet-50') with a fresh fc1/softmax."""
+    from symbols import resnet
+    if network not in NETWORKS:
+        raise UserError(f"--network {network}: valid: {', '.join(NETWORKS)}")
+    try:
+        return resnet.get_symbol(num_classes=num_classes, num_layers=int(network.split("-")[1]),
+                                 image_shape=image_shape, dtype=dtype)
+    except ValueError as exc:
+        raise UserError(f"--network {network} with --image-shape {','.join(map(str, image_shape))}: {exc}") from None
+
+
+def build_model(mode, network, num_classes, image_shape, dtype="float32", pretrained=None,
+                pretrained_epoch=0, model_dir="model", layer="flatten0", lr_mult_pretrained=1.0):
+    """The Model for `mode`; see the module docstring."""
+    if lr_mult_pretrained != 1.0 and mode != "full":
+        raise UserError(f"--lr-mult-pretrained {lr_mult_pretrained} applies to --mode full only "
+                        f"(--mode {mode} was given)")
+    if mode == "scratch":
+        symbol = network_symbol(network, num_classes, image_shape, dtype)
+        return Model(symbol, {}, {}, fresh=_trainable(symbol), fixed=[])
+    surgery = pretrained_surgery(network, num_classes, image_shape, dtype, pretrained,
+                                 pretrained_epoch, model_dir, layer)
+    symbol, fixed = surgery.symbol, []
+    if mode == "last-layer":
+        symbol = finetune.freeze_batchnorm(symbol, finetune.operator_names(symbol, "BatchNorm"))
+        fixed = surgery.backbone
+    elif lr_mult_pretrained != 1.0:
+        symbol = finetune.set_lr_mult(symbol, set(surgery.backbone), lr_mult_pretrained)
+    return Model(symbol, surgery.loaded_args, surgery.loaded_aux, fresh=surgery.head, fixed=fixed)
+
+
+def pretrained_surgery(network, num_classes, image_shape, dtype, pretrained, pretrained_epoch,
+                       model_dir, layer):
+    """Load the pretrained checkpoint (zoo or local) and fit it with a new head."""
+    name = pretrained or modelzoo.default_pretrained(network)
+    if name is None:
+        raise UserError(f"--network {network} has no model-zoo checkpoint; pass --pretrained-model "
+                        f"PREFIX (or --mode scratch)")
+    prefix, epoch = modelzoo.resolve_pretrained(name, pretrained_epoch, model_dir)
+    symbol, args, aux = load_checkpoint(prefix, epoch, what="pretrained model")
+    surgery = finetune.build(symbol, args, aux, num_classes, layer, (1,) + tuple(image_shape), dtype)
+    log.info("pretrained model %s (epoch %d), cut at %s", prefix, epoch, layer)
+    finetune.log_surgery(surgery)
+    return surgery
+
+
+def _trainable(symbol):
+    return [name for name in symbol.list_arguments() if name not in ("data", "softmax_label")]
