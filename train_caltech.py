@@ -33,6 +33,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     cli.setup_logging()
     contexts = fit.contexts(args.gpus, args.cpus)
+    fit.check_dtype(args.dtype, contexts)
     batch_size = args.batch_size or 16 * len(contexts)
     fit.per_device_batch(batch_size, len(contexts))
     dataset = data.load_dataset(args.data_dir, args.prefix, args.data_train, args.data_val,

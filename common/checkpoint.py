@@ -9,7 +9,7 @@ flipped byte silently, so a file with a recorded digest is verified on every loa
 import logging
 import os
 
-from .cli import UserError
+from .cli import UserError, mxnet_reason
 from .fsutil import atomic_output, file_digest, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ def load_checkpoint(prefix, epoch, what="checkpoint"):
     try:
         symbol = mx.sym.load(sym_file)
         arrays = mx.nd.load(par_file)
-    except mx.base.MXNetError as exc:
-        raise UserError(f"{what} {prefix} (epoch {epoch}) cannot be read: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+    except (mx.base.MXNetError, UnicodeDecodeError) as exc:
+        # A corrupt file can make MXNet's own message undecodable, hence UnicodeDecodeError.
+        raise UserError(f"{what} {prefix} (epoch {epoch}) cannot be read: {mxnet_reason(exc)}") from None
     return (symbol,) + split_params(arrays, par_file)
 
 

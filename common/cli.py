@@ -68,6 +68,12 @@ def int_in_range(low, high):
     return parse
 
 
+def mxnet_reason(exc):
+    """The informative line of an MXNetError: its text starts with a C++ traceback."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def setup_logging(verbose=False):
     """Configure the root logger once; called by entry points only."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

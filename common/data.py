@@ -40,12 +40,12 @@ def add_data_args(parser):
     data.add_argument("--data-val", metavar="REC", help="validation .rec (default: DATA_DIR/PREFIX-val.rec)")
     data.add_argument("--classes", metavar="FILE", help="class names, one per line "
                       "(default: classes.txt beside the training .rec)")
-    data.add_argument("--num-classes", type=positive_int, help="must match the data when given")
-    data.add_argument("--num-examples", type=positive_int,
+    data.add_argument("--num-classes", metavar="N", type=positive_int, help="must match the data when given")
+    data.add_argument("--num-examples", metavar="N", type=positive_int,
                       help="training images; must match the .idx when given")
-    data.add_argument("--image-shape", type=image_shape, default=(3, 224, 224),
+    data.add_argument("--image-shape", metavar="C,H,W", type=image_shape, default="3,224,224",
                       help="network input C,H,W; images are cropped to H,W")
-    data.add_argument("--data-nthreads", type=positive_int, default=4,
+    data.add_argument("--data-nthreads", metavar="N", type=positive_int, default=4,
                       help="decoding threads per iterator")
     return data
 
@@ -131,28 +131,53 @@ def check_record_set(rec, num_classes):
 
 
 def read_labels(rec, idx):
-    """Labels of all records in .idx order, reading only each record's header.
+    """Labels of all records in .idx order, reading only record headers.
 
     Raises UserError for a record that starts at a bad offset, runs past the end
     of the file (truncated .rec) or carries more than one label.
     """
     offsets = _read_idx(idx)
     size = os.path.getsize(rec)
+    if size % 4:
+        raise UserError(f"{rec}: {size} bytes is not a whole number of 4-byte words (truncated file?)")
     labels = np.empty(len(offsets), dtype=np.float64)
     with open(rec, "rb") as f:
         for i, (key, offset) in enumerate(offsets):
-            f.seek(offset)
-            head = f.read(8 + _IRHEADER.size)
-            if len(head) < 8 + _IRHEADER.size:
-                raise UserError(f"{rec}: record {key} at byte {offset} is cut off (truncated file?)")
-            magic, lrecord = struct.unpack("<II", head[:8])
-            if magic != _MAGIC or offset + 8 + (lrecord & _LENGTH_MASK) > size:
+            head = _record_start(f, offset, size)
+            if head is None or len(head) < _IRHEADER.size:
                 raise UserError(f"{rec}: record {key} at byte {offset} is corrupt or truncated")
-            flag, label, _, _ = _IRHEADER.unpack(head[8:])
+            flag, label, _, _ = _IRHEADER.unpack(head[:_IRHEADER.size])
             if flag != 0:
                 raise UserError(f"{rec}: record {key} has {flag} labels; one label per image is supported")
             labels[i] = label
     return labels
+
+
+def _record_start(f, offset, size):
+    """The first IRHeader-size payload bytes of the record at `offset`, or None.
+
+    dmlc RecordIO splits a record whose payload holds the magic word at a 4-byte
+    boundary into parts (continuation flag 1, then 2..., last 3), dropping those
+    magic words; every part is walked and bound-checked, since MXNet would only
+    fail mid-epoch on a part cut short.
+    """
+    payload, pos = b"", offset
+    while True:
+        f.seek(pos)
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        magic, lrecord = struct.unpack("<II", head)
+        length, part = lrecord & _LENGTH_MASK, lrecord >> 29
+        end = pos + 8 + (length + 3) // 4 * 4  # parts are padded to 4 bytes
+        if magic != _MAGIC or end > size or (pos == offset) != (part in (0, 1)):
+            return None
+        if len(payload) < _IRHEADER.size:
+            joint = struct.pack("<I", _MAGIC) if pos != offset else b""
+            payload += joint + f.read(min(length, _IRHEADER.size))
+        if part in (0, 3):
+            return payload
+        pos = end
 
 
 def _read_idx(idx):

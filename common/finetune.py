@@ -20,20 +20,29 @@ _CANDIDATES_SHOWN = 12
 
 
 def cut(symbol, layer):
-    """The output of `layer` ('flatten0' or 'flatten0_output') as a symbol."""
+    """The output of `layer` ('flatten0' or 'flatten0_output') as a symbol.
+
+    A loss layer (anything that takes a label, such as the old softmax) is not a
+    place to cut: the new head would bring a second label input.
+    """
     internals = symbol.get_internals()
-    outputs = internals.list_outputs()
     name = layer if layer.endswith("_output") else f"{layer}_output"
-    if name not in outputs:
-        raise UserError(f"--layer-before-fullc {layer}: no such layer output; candidates, "
-                        f"nearest the head first: {', '.join(candidate_layers(symbol))}")
+    if name not in internals.list_outputs() or _takes_label(internals[name]):
+        raise UserError(f"--layer-before-fullc {layer}: no such layer output before the loss; "
+                        f"candidates, nearest the head first: {', '.join(candidate_layers(symbol))}")
     return internals[name]
 
 
+def _takes_label(symbol):
+    return any(arg.endswith("_label") for arg in symbol.list_arguments())
+
+
 def candidate_layers(symbol):
-    """Operator outputs of `symbol` (names without '_output'), last first."""
+    """Operator outputs of `symbol` before its loss layers (names without '_output'), last first."""
+    internals = symbol.get_internals()
     nodes = json.loads(symbol.tojson())["nodes"]
-    names = [node["name"] for node in nodes if node["op"] != "null"]
+    names = [node["name"] for node in nodes if node["op"] != "null"
+             and not _takes_label(internals[node["name"] + "_output"])]
     shown = list(reversed(names))[:_CANDIDATES_SHOWN]
     return shown + (["..."] if len(names) > _CANDIDATES_SHOWN else [])
 
@@ -58,11 +67,32 @@ def attach_head(features, num_classes, fc_name, dtype="float32"):
 
 
 def cast_input(symbol, dtype):
-    """Feed `symbol` float16 data through a Cast; float32 leaves it unchanged."""
+    """`symbol` fed by data of `dtype`: float16 gets one Cast after `data`.
+
+    A Cast the checkpoint already has there (a float16 run's checkpoint) is
+    removed first, so a float16 checkpoint fine-tunes in float32 and vice versa.
+    """
+    symbol = _strip_input_casts(symbol)
     if dtype == "float32":
         return symbol
     import mxnet as mx
     return symbol(data=mx.sym.Cast(mx.sym.Variable("data"), dtype=dtype, name=f"data_{dtype}"))
+
+
+def _strip_input_casts(symbol):
+    """`symbol` with every Cast that reads `data` directly bypassed."""
+    import mxnet as mx
+    graph = json.loads(symbol.tojson())
+    nodes = graph["nodes"]
+    data_ids = {i for i, node in enumerate(nodes) if node["op"] == "null" and node["name"] == "data"}
+    casts = {i: node["inputs"][0] for i, node in enumerate(nodes)
+             if node["op"] == "Cast" and node["inputs"] and node["inputs"][0][0] in data_ids}
+    if not casts:
+        return symbol
+    for node in nodes:
+        node["inputs"] = [casts.get(entry[0], entry) for entry in node["inputs"]]
+    graph["heads"] = [casts.get(entry[0], entry) for entry in graph["heads"]]
+    return mx.sym.load_json(json.dumps(graph))
 
 
 @dataclasses.dataclass
@@ -142,10 +172,12 @@ def edit_nodes(symbol, edit):
 
 
 def freeze_batchnorm(symbol, names):
-    """BatchNorm layers in `names` use (and keep) their moving statistics.
+    """BatchNorm layers in `names` normalize with their moving statistics in training too.
 
-    fixed_param_names freezes gamma/beta but not the moving mean/variance, which
-    training-mode BatchNorm keeps updating; use_global_stats stops that.
+    fixed_param_names freezes gamma/beta, but a training-mode forward pass would
+    still normalize with each batch's statistics; with use_global_stats the frozen
+    backbone computes in training exactly the features it computes at inference,
+    and its moving mean/variance can never change.
     """
     def edit(node):
         if node["op"] == "BatchNorm" and node["name"] in names:

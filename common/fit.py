@@ -47,29 +47,29 @@ def add_fit_args(parser):
     """The training argument group."""
     fit = parser.add_argument_group("training")
     devices = fit.add_mutually_exclusive_group()
-    devices.add_argument("--gpus", type=device_list, help="GPU ids, e.g. 0,1,2,3")
-    devices.add_argument("--cpus", type=positive_int,
+    devices.add_argument("--gpus", metavar="IDS", type=device_list, help="GPU ids, e.g. 0,1,2,3")
+    devices.add_argument("--cpus", metavar="N", type=positive_int,
                          help="number of CPU contexts (default 1 when --gpus is not given)")
     fit.add_argument("--kv-store", choices=KVSTORES, default="device", help="gradient aggregation")
-    fit.add_argument("--batch-size", type=positive_int,
+    fit.add_argument("--batch-size", metavar="N", type=positive_int,
                      help="total over all devices; must divide by their number (default: 16 per device)")
-    fit.add_argument("--num-epochs", type=positive_int, default=8, help="last epoch to train")
-    fit.add_argument("--lr", type=float, default=0.01, help="base learning rate (SGD)")
-    fit.add_argument("--mom", type=float, default=0.0, help="SGD momentum")
-    fit.add_argument("--wd", type=float, default=0.0, help="weight decay")
+    fit.add_argument("--num-epochs", metavar="N", type=positive_int, default=8, help="last epoch to train")
+    fit.add_argument("--lr", metavar="X", type=float, default=0.01, help="base learning rate (SGD)")
+    fit.add_argument("--mom", metavar="X", type=float, default=0.0, help="SGD momentum")
+    fit.add_argument("--wd", metavar="X", type=float, default=0.0, help="weight decay")
     fit.add_argument("--lr-schedule", choices=SCHEDULES, default="step", help="decay shape")
-    fit.add_argument("--lr-step-epochs", type=epoch_list, default=[],
+    fit.add_argument("--lr-step-epochs", metavar="E,E", type=epoch_list, default="",
                      help="step schedule: epochs at which lr *= --lr-factor, e.g. 20,30 (default: none)")
-    fit.add_argument("--lr-factor", type=float, default=0.1, help="step schedule: decay factor")
-    fit.add_argument("--warmup-epochs", type=float, default=0.0,
+    fit.add_argument("--lr-factor", metavar="X", type=float, default=0.1, help="step schedule: decay factor")
+    fit.add_argument("--warmup-epochs", metavar="E", type=float, default=0.0,
                      help="linear warm-up from 0 to --lr over this many epochs")
-    fit.add_argument("--top-k", type=positive_int, default=5, help="also report top-k accuracy")
-    fit.add_argument("--disp-batches", type=positive_int, default=20, help="log speed every N batches")
+    fit.add_argument("--top-k", metavar="K", type=positive_int, default=5, help="also report top-k accuracy")
+    fit.add_argument("--disp-batches", metavar="N", type=positive_int, default=20, help="log speed every N batches")
     fit.add_argument("--model-prefix", metavar="PREFIX",
                      help="checkpoint prefix (default: model/DATAPREFIX-NETWORK-MODE)")
-    fit.add_argument("--load-epoch", type=positive_int,
+    fit.add_argument("--load-epoch", metavar="N", type=positive_int,
                      help="resume from PREFIX-EPOCH.params/.states of --model-prefix")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (weights, shuffle, augmentation)")
+    fit.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (weights, shuffle, augmentation)")
     return fit
 
 
@@ -86,6 +86,13 @@ def contexts(gpus=None, cpus=None):
     if max(gpus) >= available:
         raise UserError(f"--gpus {','.join(map(str, gpus))}: only GPUs 0..{available - 1} exist")
     return [mx.gpu(i) for i in gpus]
+
+
+def check_dtype(dtype, ctxs):
+    """float16 needs GPUs: MXNet 1.9.1 has no float16 matrix multiply on CPU."""
+    if dtype == "float16" and any(ctx.device_type == "cpu" for ctx in ctxs):
+        raise UserError("--dtype float16 needs --gpus (MXNet has no float16 matrix multiply on "
+                        "CPU); valid on CPU contexts: float32")
 
 
 def per_device_batch(batch_size, num_devices):

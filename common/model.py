@@ -33,13 +33,13 @@ def add_model_args(parser):
     model.add_argument("--pretrained-model", metavar="NAME|PREFIX",
                        help="model-zoo name (" + ", ".join(modelzoo.MODELS) + ") or a local "
                             "checkpoint prefix (default: imagenet1k-NETWORK)")
-    model.add_argument("--pretrained-epoch", type=int, default=0,
+    model.add_argument("--pretrained-epoch", metavar="N", type=int, default=0,
                        help="epoch of a local pretrained checkpoint (zoo names know theirs)")
     model.add_argument("--model-dir", metavar="DIR", default="model",
                        help="where zoo checkpoints are downloaded")
     model.add_argument("--layer-before-fullc", metavar="LAYER", default="flatten0",
                        help="cut the pretrained network at this layer's output")
-    model.add_argument("--lr-mult-pretrained", type=float, default=1.0,
+    model.add_argument("--lr-mult-pretrained", metavar="X", type=float, default=1.0,
                        help="--mode full: learning-rate multiplier of pretrained layers (e.g. 0.1)")
     model.add_argument("--dtype", choices=DTYPES, default="float32",
                        help="compute type; float16 keeps float32 master weights (multi_precision)")

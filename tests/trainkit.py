@@ -1,0 +1,79 @@
+"""Tiny datasets and checkpoints for the training, scoring and prediction tests.
+
+Everything is small enough to train in seconds on two CPU cores: 16x16 images
+of a few colour-coded classes (tests/imagegen.py), ResNet-20's small-input
+layout, and checkpoints in the model zoo's format (no .sha256 files, as the zoo
+publishes none).
+"""
+import os
+
+import mxnet as mx
+import numpy as np
+
+from common import prepare
+from symbols import resnet
+from tests.imagegen import make_class_tree
+
+IMAGE_SHAPE = (3, 16, 16)
+RESIZE = 18  # packed shorter side: leaves room for a random 16 px crop
+
+
+def prepare_dataset(root, counts=(12, 12, 12, 12), train_per_class=8, seed=0):
+    """Generate class folders under root/src and pack them into root/data.
+
+    Returns the data folder (classes.txt, caltech256-train/val.rec/.idx/.lst).
+    """
+    src, out = os.path.join(root, "src"), os.path.join(root, "data")
+    make_class_tree(src, list(counts), seed=seed, min_side=18, max_side=30)
+    prepare.main(["--src", src, "--out", out, "--train-per-class", str(train_per_class),
+                  "--resize", str(RESIZE), "--num-thread", "1"])
+    return out
+
+
+def random_params(symbol, image_shape=IMAGE_SHAPE, seed=0):
+    """(arg_params, aux_params): He-scaled random weights of the inferred shapes.
+
+    BatchNorm statistics near (0, 1) keep activations in range, so a forward
+    pass through them is meaningful.
+    """
+    rng = np.random.default_rng(seed)
+    arg_shapes, _, aux_shapes = symbol.infer_shape(data=(1,) + tuple(image_shape))
+    args = {}
+    for name, shape in zip(symbol.list_arguments(), arg_shapes):
+        if name in ("data", "softmax_label"):
+            continue
+        if name.endswith("_weight"):
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0, np.sqrt(2.0 / fan_in), size=shape)
+        elif name.endswith("_gamma"):
+            value = 1 + 0.1 * rng.standard_normal(shape)
+        else:
+            value = 0.1 * rng.standard_normal(shape)
+        args[name] = mx.nd.array(value, dtype="float32")
+    aux = {}
+    for name, shape in zip(symbol.list_auxiliary_states(), aux_shapes):
+        value = (0.1 * rng.standard_normal(shape) if name.endswith("_moving_mean")
+                 else 1 + 0.1 * rng.random(shape))
+        aux[name] = mx.nd.array(value, dtype="float32")
+    return args, aux
+
+
+def make_pretrained(prefix, num_classes=7, num_layers=20, image_shape=IMAGE_SHAPE, epoch=0, seed=0):
+    """Save a zoo-format checkpoint (fc1 + softmax head, random weights) at prefix.
+
+    Written with mx.model.save_checkpoint, as the zoo's files were. Returns
+    (prefix, symbol, arg_params, aux_params).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    symbol = resnet.get_symbol(num_classes=num_classes, num_layers=num_layers, image_shape=image_shape)
+    args, aux = random_params(symbol, image_shape, seed)
+    mx.model.save_checkpoint(prefix, epoch, symbol, args, aux)
+    return prefix, symbol, args, aux
+
+
+def train_args(data_dir, model_prefix, *extra, epochs=2):
+    """train_caltech.py arguments for a tiny run on CPU."""
+    return ["--data-dir", data_dir, "--model-prefix", model_prefix, "--network", "resnet-20",
+            "--image-shape", ",".join(map(str, IMAGE_SHAPE)), "--num-epochs", str(epochs),
+            "--batch-size", "8", "--cpus", "1", "--top-k", "2", "--data-nthreads", "1",
+            "--disp-batches", "100", *extra]
