@@ -4,12 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test test-slow bench clean-venv
+.PHONY: test test-slow demo bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $@
+
+# Installed together with requirements.txt so its numpy<1.24 pin holds.
+$(DEMO_STAMP): $(STAMP) requirements-demo.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-demo.txt
 	touch $@
 
 test: $(STAMP)
@@ -17,6 +23,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+demo: $(DEMO_STAMP)
+	$(PY) -m common.demo --out demo
 
 bench: $(STAMP)
 	$(PY) bench/bench_pack.py

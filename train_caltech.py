@@ -39,26 +39,30 @@ def main(argv=None):
     dataset = data.load_dataset(args.data_dir, args.prefix, args.data_train, args.data_val,
                                 args.classes, args.num_classes, args.num_examples)
     fit.check_top_k(args.top_k, dataset.num_classes)
+    data.warn_if_upscaled(dataset.train.rec, args.image_shape)
     kv = fit.create_kvstore(args.kv_store)
     net = model.build_model(args.mode, args.network, dataset.num_classes, args.image_shape,
                             args.dtype, args.pretrained_model, args.pretrained_epoch,
                             args.model_dir, args.layer_before_fullc, args.lr_mult_pretrained)
     prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
-    if kv.rank == 0:
-        _write_run_files(prefix, args, dataset, contexts, batch_size)
+    log_file = _write_run_files(prefix, args, dataset, contexts, batch_size) if kv.rank == 0 else None
     schedule = trainer.Schedule(args.num_epochs, args.lr, args.mom, args.wd, args.lr_schedule,
                                 args.lr_step_epochs, args.lr_factor, args.warmup_epochs)
     cfg = trainer.RunConfig(prefix, batch_size, args.image_shape, args.data_nthreads, args.top_k,
                             args.disp_batches, args.seed, args.dtype, args.load_epoch or 0)
-    val = trainer.run(net, dataset, contexts, kv, schedule, cfg)
+    try:
+        val = trainer.run(net, dataset, contexts, kv, schedule, cfg)
+    finally:
+        if log_file is not None:
+            cli.remove_log_file(log_file)
     print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
 
 
 def _write_run_files(prefix, args, dataset, contexts, batch_size):
-    """PREFIX-args.json (every resolved setting), PREFIX-classes.txt, PREFIX-train.log."""
+    """PREFIX-args.json (every resolved setting), PREFIX-classes.txt; returns the log handler."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    cli.add_log_file(f"{prefix}-train.log")
+    handler = cli.add_log_file(f"{prefix}-train.log")
     resolved = dict(vars(args), batch_size=batch_size, model_prefix=prefix,
                     contexts=[str(c) for c in contexts], num_classes=dataset.num_classes,
                     num_examples=len(dataset.train), data_train=dataset.train.rec,
@@ -68,6 +72,7 @@ def _write_run_files(prefix, args, dataset, contexts, batch_size):
     log.info("run %s: %d classes, %d training and %d validation images, batch %d on %s",
              prefix, dataset.num_classes, len(dataset.train), len(dataset.val), batch_size,
              ", ".join(resolved["contexts"]))
+    return handler
 
 
 if __name__ == "__main__":

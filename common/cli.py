@@ -69,9 +69,10 @@ def int_in_range(low, high):
 
 
 def mxnet_reason(exc):
-    """The informative line of an MXNetError: its text starts with a C++ traceback."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    """The line of an MXNetError that says what went wrong (not 'Traceback ...', not a frame)."""
+    frames = ("Traceback", "File ", "[bt]", "Stack trace")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith(frames)), type(exc).__name__)
 
 
 def setup_logging(verbose=False):
@@ -82,10 +83,19 @@ def setup_logging(verbose=False):
 
 
 def add_log_file(path):
-    """Also write the log to `path` (appending: a resumed run continues it)."""
+    """Also write the log to `path` (appending: a resumed run continues it).
+
+    Returns the handler; remove_log_file(handler) detaches and closes it.
+    """
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
+    return handler
+
+
+def remove_log_file(handler):
+    logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 def progress(iterable=None, **kwargs):

@@ -7,12 +7,16 @@ labels, record bounds and counts are all checked first, in Python.
 """
 import argparse
 import dataclasses
+import logging
 import os
 import struct
 
 import numpy as np
 
 from .cli import UserError, positive_int
+from .fsutil import read_json
+
+log = logging.getLogger(__name__)
 
 _MAGIC = 0xCED7230A  # dmlc RecordIO record start
 _LENGTH_MASK = (1 << 29) - 1
@@ -88,18 +92,19 @@ def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
     if num_classes is not None and num_classes != len(names):
         raise UserError(f"--num-classes {num_classes} does not match the data: "
                         f"{class_file} lists {len(names)} classes")
-    train = check_record_set(train_rec, len(names))
+    train = check_record_set(train_rec, len(names), "--data-train" if data_train else None)
     if num_examples is not None and num_examples != len(train):
         raise UserError(f"--num-examples {num_examples} does not match the data: "
                         f"{train.idx} indexes {len(train)} records")
-    return Dataset(train, check_record_set(val_rec, len(names)), names, class_file)
+    val = check_record_set(val_rec, len(names), "--data-val" if data_val else None)
+    return Dataset(train, val, names, class_file)
 
 
 def read_classes(path):
     """Class names, one per line (line i names label i)."""
     if not os.path.isfile(path):
-        raise UserError(f"class list {path} not found (prepare_data.sh writes classes.txt; "
-                        f"or pass --classes/--num-classes)")
+        raise UserError(f"class list {path} not found (prepare_data.sh writes classes.txt "
+                        f"beside the .rec files)")
     with open(path, encoding="utf-8") as f:
         names = [line.rstrip("\n") for line in f if line.strip()]
     if not names:
@@ -107,15 +112,13 @@ def read_classes(path):
     return names
 
 
-def check_record_set(rec, num_classes):
+def check_record_set(rec, num_classes, option=None):
     """Read every record header of `rec` (via its .idx) and check its label.
 
     Also compares the count with the .lst beside it, when there is one.
+    option: the flag that named `rec`, for messages.
     """
-    idx = os.path.splitext(rec)[0] + ".idx"
-    for path in (rec, idx):
-        if not os.path.isfile(path):
-            raise UserError(f"{path} not found (run prepare_data.sh, or check --data-dir/--prefix)")
+    idx = require_record_files(rec, option)
     labels = read_labels(rec, idx)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes) | (labels != np.round(labels)))
     if bad.size:
@@ -128,6 +131,41 @@ def check_record_set(rec, num_classes):
         if lines != len(labels):
             raise UserError(f"{lst} lists {lines} images but {idx} indexes {len(labels)} records")
     return RecordSet(rec, idx, labels.astype(np.int64))
+
+
+def require_record_files(rec, option=None):
+    """The .idx path of `rec`; UserError naming whichever of the two is missing.
+
+    option: the flag that named `rec` (e.g. '--data-val'), for the message.
+    """
+    idx = os.path.splitext(rec)[0] + ".idx"
+    named = f"{option} {rec}" if option else rec
+    if not os.path.isfile(rec):
+        raise UserError(f"{named}: no such file (prepare_data.sh writes the .rec, .idx and .lst of a set)")
+    if not os.path.isfile(idx):
+        raise UserError(f"{named}: its index {idx} is missing (prepare_data.sh writes both)")
+    return idx
+
+
+def packed_resize(rec):
+    """(shorter side the images of `rec` were packed at, summary.json path), or None.
+
+    Read from the summary.json prepare_data.sh writes beside its .rec files.
+    """
+    path = os.path.join(os.path.dirname(rec), "summary.json")
+    summary = read_json(path, {})
+    options = summary.get("options") if isinstance(summary, dict) else None
+    resize = options.get("resize") if isinstance(options, dict) else None
+    return (resize, path) if isinstance(resize, int) and resize >= 0 else None
+
+
+def warn_if_upscaled(rec, image_shape):
+    """Warn when the packed images are smaller than the crop: MXNet enlarges them silently."""
+    found = packed_resize(rec)
+    if found and 0 < found[0] < max(image_shape[1:]):
+        log.warning("%s was packed at a shorter side of %d px (%s), smaller than the %dx%d crop: "
+                    "MXNet enlarges such images; repack with prepare_data.sh --resize %d or more",
+                    rec, found[0], found[1], image_shape[1], image_shape[2], max(image_shape[1:]))
 
 
 def read_labels(rec, idx):
@@ -212,4 +250,4 @@ def record_iter(record_set, image_shape, batch_size, train, threads, seed=0, num
         data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
         batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
         round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
-        num_parts=num_parts, part_index=part_index)
+        num_parts=num_parts, part_index=part_index, verbose=False)

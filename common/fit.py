@@ -43,13 +43,18 @@ def epoch_list(text):
     return epochs
 
 
-def add_fit_args(parser):
-    """The training argument group."""
-    fit = parser.add_argument_group("training")
-    devices = fit.add_mutually_exclusive_group()
+def add_device_args(group):
+    """--gpus IDS | --cpus N, for contexts()."""
+    devices = group.add_mutually_exclusive_group()
     devices.add_argument("--gpus", metavar="IDS", type=device_list, help="GPU ids, e.g. 0,1,2,3")
     devices.add_argument("--cpus", metavar="N", type=positive_int,
                          help="number of CPU contexts (default 1 when --gpus is not given)")
+
+
+def add_fit_args(parser):
+    """The training argument group."""
+    fit = parser.add_argument_group("training")
+    add_device_args(fit)
     fit.add_argument("--kv-store", choices=KVSTORES, default="device", help="gradient aggregation")
     fit.add_argument("--batch-size", metavar="N", type=positive_int,
                      help="total over all devices; must divide by their number (default: 16 per device)")

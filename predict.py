@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Predict the top-k classes of image files with any checkpoint (predict only, no training).
+
+    python predict.py --model-prefix model/caltech256-resnet-50-full --epoch 8 photo.jpg
+    python predict.py --model-prefix model/imagenet1k-resnet-50 --epoch 0 --classes synset.txt --json DIR
+
+Images get the validation pipeline (shorter side to --resize, center crop to
+--image-shape); defaults come from the training run's PREFIX-args.json and data.
+Exit status 1 if any file could not be read (the others are still predicted).
+"""
+import json
+import logging
+import os
+import sys
+
+from common import cli, fit, inference
+
+log = logging.getLogger("predict")
+TOP_K = 3
+
+
+def get_parser(add_help=True):
+    parser = inference.base_parser("predict.py", __doc__.split("\n")[1], TOP_K,
+                                   "classes shown per image", add_help)
+    group = parser.add_argument_group("prediction")
+    group.add_argument("paths", nargs="+", metavar="PATH",
+                       help="image files and/or folders (every image file in them, recursively)")
+    group.add_argument("--resize", metavar="N", type=cli.nonnegative_int,
+                       help="shorter side in px before the center crop, 0 keeps the size (default: "
+                            "the training data's --resize, else 8/7 of the crop, e.g. 256 for 224)")
+    group.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    group.add_argument("--verbose", action="store_true", help="log the settings used on stderr")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    if not args.verbose:
+        # stderr carries only problems, one line each: MXNet's bind notice goes too
+        logging.getLogger().setLevel(logging.WARNING)
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+    files, problems = inference.find_images(args.paths)
+    inference.check_checkpoint_files(args.model_prefix, args.epoch)  # before MXNet loads
+    for path, reason in problems:
+        print(f"predict.py: {path}: {reason}", file=sys.stderr)
+    if not files:
+        return 1
+    recorded = inference.recorded_args(args.model_prefix)
+    shape = inference.resolve_image_shape(args.image_shape, recorded)
+    resize = inference.resolve_resize(args.resize, recorded, shape.value)
+    contexts = fit.contexts(args.gpus, args.cpus)
+    batch = inference.inference_batch(args.batch_size, len(files), len(contexts))
+    model = inference.load_model(args.model_prefix, args.epoch, shape.value, contexts, batch)
+    top_k = inference.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    classes = inference.resolve_classes(args.classes, args.model_prefix, model.num_classes)
+    if classes.value is None:
+        log.warning("class names: %s", classes.source)
+    log.info("input %s (%s), resize %d (%s)", shape.value, shape.source, resize.value, resize.source)
+    results = inference.predict_files(model, files, resize.value, top_k)
+    failed = _print_results(results, classes, args.json, _header(args, model, classes, shape, resize))
+    return 1 if failed or problems else 0
+
+
+def _header(args, model, classes, shape, resize):
+    return (f"# {args.model_prefix} epoch {args.epoch}: {model.num_classes} classes, names from "
+            f"{classes.source}; input {','.join(map(str, shape.value))} ({shape.source}); "
+            f"resize {resize.value} ({resize.source})")
+
+
+def _print_results(results, classes, as_json, header):
+    """Print each prediction (stdout) and each unreadable file (stderr); returns failures."""
+    records, failed = [], 0
+    if not as_json:
+        print(header)
+    for path, ranked, reason in results:
+        if reason:
+            failed += 1
+            print(f"predict.py: {path}: {reason}", file=sys.stderr, flush=True)
+        elif as_json:
+            records.append(inference.prediction_record(path, ranked, classes.value))
+        else:
+            print(inference.format_prediction(path, ranked, classes.value), flush=True)
+    if as_json:
+        print(json.dumps(records, indent=2))
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_entry(main, "predict.py"))

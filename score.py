@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Score a checkpoint on a RecordIO set: accuracy, per-class figures, confusion matrix.
+
+    python score.py --model-prefix model/caltech256-resnet-50-full --epoch 8 \\
+        --data-val data/caltech256-val.rec --cpus 2
+
+Every image of the set is counted exactly once, with the validation pipeline of
+training (center crop to --image-shape). Writes score.json, per_class.csv,
+confusion.csv and confusion.png to --out-dir (default PREFIX-score-EPOCH/).
+"""
+import datetime
+import logging
+import os
+import sys
+
+from common import cli, data, fit, inference
+
+log = logging.getLogger("score")
+TOP_K = 5
+
+
+def get_parser(add_help=True):
+    parser = inference.base_parser("score.py", __doc__.split("\n")[1], TOP_K,
+                                   "also report top-k accuracy", add_help)
+    group = parser.add_argument_group("scoring")
+    group.add_argument("--data-val", metavar="REC", required=True,
+                       help="the .rec to score (its .idx beside it), e.g. data/caltech256-val.rec")
+    group.add_argument("--data-nthreads", metavar="N", type=cli.positive_int, default=4, help="decoding threads")
+    group.add_argument("--out-dir", metavar="DIR",
+                       help="where the reports go (default: PREFIX-score-EPOCH, beside the checkpoint)")
+    return parser
+
+
+def main(argv=None):
+    """Score, write the reports, print the summary; returns the score.json dict."""
+    args = get_parser().parse_args(argv)
+    cli.setup_logging()
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # the log below says what was bound
+    data.require_record_files(args.data_val, "--data-val")
+    inference.check_checkpoint_files(args.model_prefix, args.epoch)  # before MXNet loads
+    shape = inference.resolve_image_shape(args.image_shape, inference.recorded_args(args.model_prefix))
+    contexts = fit.contexts(args.gpus, args.cpus)
+    model = inference.load_model(args.model_prefix, args.epoch, shape.value, contexts, args.batch_size)
+    top_k = inference.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    classes = inference.resolve_classes(args.classes, args.model_prefix, model.num_classes)
+    record_set = data.check_record_set(args.data_val, model.num_classes, "--data-val")
+    log.info("scoring %s epoch %d (%d classes, names: %s) on the %d images of %s; input %s (%s), "
+             "batch %d on %s", args.model_prefix, args.epoch, model.num_classes, classes.source,
+             len(record_set), args.data_val, shape.value, shape.source, args.batch_size,
+             ", ".join(map(str, contexts)))
+    score = inference.score_record_set(model, record_set, top_k, args.data_nthreads)
+    out_dir = args.out_dir or f"{args.model_prefix}-score-{args.epoch:04d}"
+    report = _report(args, model, classes, shape, contexts, top_k, score)
+    rows = inference.per_class_rows(score.counts, score.hits, classes.value)
+    title = (f"{os.path.basename(args.model_prefix)} epoch {args.epoch} on "
+             f"{os.path.basename(args.data_val)}: top-1 {report['acc']:.2%} ({report['images']} images)")
+    inference.write_score_files(out_dir, report, score.matrix, rows, classes.value, title)
+    _print_summary(report, top_k, out_dir)
+    return report
+
+
+def _report(args, model, classes, shape, contexts, top_k, score):
+    """score.json: every figure and the conditions it was measured under."""
+    figures = score.figures
+    return {
+        "model_prefix": args.model_prefix, "epoch": args.epoch, "data_val": args.data_val,
+        "num_classes": model.num_classes, "top_k": top_k, **figures,
+        "classes": classes.source if classes.value else None,
+        "conditions": {
+            "image_shape": list(shape.value), "image_shape_from": shape.source,
+            "batch_size": args.batch_size, "contexts": [str(c) for c in contexts],
+            "data_nthreads": args.data_nthreads, "seconds": round(score.seconds, 3),
+            "images_per_sec": round(figures["images"] / max(score.seconds, 1e-9), 2),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "versions": inference.versions(), "argv": sys.argv,
+        },
+    }
+
+
+def _print_summary(report, top_k, out_dir):
+    print(f"images: {report['images']} ({report['num_classes']} classes)")
+    print(f"top-1 accuracy: {report['acc']:.4f}")
+    print(f"top-{top_k} accuracy: {report[f'top{top_k}']:.4f}")
+    print(f"mean per-class accuracy: {report['mean_class_acc']:.4f}")
+    print(f"loss (cross-entropy): {report['loss']:.4f}")
+    print(f"reports: {out_dir}/ (score.json, per_class.csv, confusion.csv, confusion.png)")
+    print(f"score: acc={report['acc']:.4f} top{top_k}={report[f'top{top_k}']:.4f} "
+          f"mean_class_acc={report['mean_class_acc']:.4f}", flush=True)
+
+
+def _entry(argv=None):
+    main(argv)  # main returns the report, for callers in Python; the exit status is 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_entry(_entry, "score.py"))
