@@ -88,9 +88,5 @@ def _print_summary(report, top_k, out_dir):
           f"mean_class_acc={report['mean_class_acc']:.4f}", flush=True)
 
 
-def _entry(argv=None):
-    main(argv)  # main returns the report, for callers in Python; the exit status is 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli.run_entry(_entry, "score.py"))
+    sys.exit(cli.run_entry(main, "score.py"))

@@ -45,6 +45,7 @@ def main(argv=None):
                             args.dtype, args.pretrained_model, args.pretrained_epoch,
                             args.model_dir, args.layer_before_fullc, args.lr_mult_pretrained)
     prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
+    trainer.check_resume(prefix, args.load_epoch, args.num_epochs)
     log_file = _write_run_files(prefix, args, dataset, contexts, batch_size) if kv.rank == 0 else None
     schedule = trainer.Schedule(args.num_epochs, args.lr, args.mom, args.wd, args.lr_schedule,
                                 args.lr_step_epochs, args.lr_factor, args.warmup_epochs)
@@ -57,6 +58,7 @@ def main(argv=None):
             cli.remove_log_file(log_file)
     print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
+    return val
 
 
 def _write_run_files(prefix, args, dataset, contexts, batch_size):

@@ -106,7 +106,7 @@ def progress(iterable=None, **kwargs):
 
 
 def run_entry(main, prog, argv=None):
-    """Run `main(argv)`; report UserError/OSError as one line. Returns the exit code."""
+    """Run `main(argv)`; report UserError/OSError as one line. Returns the exit status."""
     try:
         result = main(argv)
     except UserError as exc:
@@ -119,4 +119,5 @@ def run_entry(main, prog, argv=None):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    return 0 if result is None else int(result)
+    # An int is an exit status; anything else (an entry's metrics) means success.
+    return result if isinstance(result, int) else 0

@@ -197,6 +197,17 @@ def set_lr_mult(symbol, names, mult):
     return edit_nodes(symbol, edit)
 
 
+def fixed_gammas(symbol):
+    """Gamma variables of BatchNorm layers with fix_gamma (MXNet's default).
+
+    The layer ignores them (gamma is 1), but the optimizer would still apply
+    weight decay to its own copy, which then differs from the saved one.
+    """
+    nodes = json.loads(symbol.tojson())["nodes"]
+    return {nodes[node["inputs"][1][0]]["name"] for node in nodes
+            if node["op"] == "BatchNorm" and node.get("attrs", {}).get("fix_gamma", "True") in ("True", "true", "1")}
+
+
 def operator_names(symbol, op):
     """Names of the nodes of type `op` in `symbol`."""
     return {node["name"] for node in json.loads(symbol.tojson())["nodes"] if node["op"] == op}

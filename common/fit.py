@@ -133,8 +133,10 @@ def lr_scheduler(schedule, lr, epoch_size, num_epochs, step_epochs, factor, warm
         return mx.lr_scheduler.MultiFactorScheduler(step=steps, factor=factor, base_lr=lr,
                                                     warmup_steps=warmup)
     if warmup:
-        # factor 1: no decay, only the warm-up MultiFactorScheduler would need a step for
-        return mx.lr_scheduler.FactorScheduler(step=1, factor=1.0, base_lr=lr, warmup_steps=warmup)
+        # Warm-up only. The step lies past the run's end: FactorScheduler logs a
+        # "change" at every step, even with factor 1.
+        return mx.lr_scheduler.FactorScheduler(step=num_epochs * epoch_size + 1, factor=1.0,
+                                               base_lr=lr, warmup_steps=warmup)
     return None
 
 

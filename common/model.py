@@ -51,7 +51,8 @@ class Model:
     """A symbol to train and where its parameters start from.
 
     arg_params/aux_params: arrays to load; fresh: argument names to initialize;
-    fixed: argument names that must not change (last-layer mode).
+    fixed: argument names that must not change (the backbone in last-layer
+    mode; in every mode the gammas BatchNorm ignores, see finetune.fixed_gammas).
     """
     symbol: object
     arg_params: dict
@@ -80,16 +81,21 @@ def build_model(mode, network, num_classes, image_shape, dtype="float32", pretra
                         f"(--mode {mode} was given)")
     if mode == "scratch":
         symbol = network_symbol(network, num_classes, image_shape, dtype)
-        return Model(symbol, {}, {}, fresh=_trainable(symbol), fixed=[])
+        return Model(symbol, {}, {}, fresh=_trainable(symbol), fixed=_fixed(symbol, []))
     surgery = pretrained_surgery(network, num_classes, image_shape, dtype, pretrained,
                                  pretrained_epoch, model_dir, layer)
-    symbol, fixed = surgery.symbol, []
+    symbol, frozen = surgery.symbol, []
     if mode == "last-layer":
         symbol = finetune.freeze_batchnorm(symbol, finetune.operator_names(symbol, "BatchNorm"))
-        fixed = surgery.backbone
+        frozen = surgery.backbone
     elif lr_mult_pretrained != 1.0:
         symbol = finetune.set_lr_mult(symbol, set(surgery.backbone), lr_mult_pretrained)
-    return Model(symbol, surgery.loaded_args, surgery.loaded_aux, fresh=surgery.head, fixed=fixed)
+    return Model(symbol, surgery.loaded_args, surgery.loaded_aux, fresh=surgery.head,
+                 fixed=_fixed(symbol, frozen))
+
+
+def _fixed(symbol, frozen):
+    return sorted(set(frozen) | finetune.fixed_gammas(symbol))
 
 
 def pretrained_surgery(network, num_classes, image_shape, dtype, pretrained, pretrained_epoch,

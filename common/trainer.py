@@ -6,6 +6,7 @@ a line in PREFIX-metrics.jsonl and the PREFIX-curve.png plot.
 """
 import dataclasses
 import logging
+import os
 
 from . import checkpoint, data, fit
 from .cli import UserError
@@ -46,11 +47,24 @@ class RunConfig:
     begin_epoch: int = 0
 
 
+def check_resume(prefix, load_epoch, num_epochs):
+    """Before anything is written: the files a --load-epoch resume needs, verified."""
+    if not load_epoch:
+        return
+    if load_epoch >= num_epochs:
+        raise UserError(f"--load-epoch {load_epoch} leaves nothing to train with --num-epochs {num_epochs}")
+    for path in (checkpoint.symbol_path(prefix), checkpoint.params_path(prefix, load_epoch),
+                 checkpoint.states_path(prefix, load_epoch)):
+        if not os.path.isfile(path):
+            raise UserError(f"--load-epoch {load_epoch}: {path} not found (--model-prefix {prefix})")
+        checkpoint.verify_digest(path)
+
+
 def run(model, dataset, contexts, kv, schedule, cfg):
-    """Train `model` on `dataset`; returns the last epoch's validation figures."""
-    if cfg.begin_epoch >= schedule.num_epochs:
-        raise UserError(f"--load-epoch {cfg.begin_epoch} leaves nothing to train with "
-                        f"--num-epochs {schedule.num_epochs}")
+    """Train `model` on `dataset`; returns the last epoch's validation figures.
+
+    A resume (cfg.begin_epoch > 0) expects check_resume to have passed.
+    """
     module = _bind(model, contexts, cfg)
     _start(module, model, cfg)
     epoch_size = fit.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
@@ -59,9 +73,7 @@ def run(model, dataset, contexts, kv, schedule, cfg):
     module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=fit.optimizer_params(
         schedule.lr, schedule.mom, schedule.wd, scheduler, cfg.dtype, cfg.begin_epoch * epoch_size))
     if cfg.begin_epoch:
-        states = checkpoint.states_path(cfg.prefix, cfg.begin_epoch)
-        _require(states)
-        module.load_optimizer_states(states)
+        module.load_optimizer_states(checkpoint.states_path(cfg.prefix, cfg.begin_epoch))
     return _epochs(module, dataset, kv, schedule, cfg)
 
 
@@ -93,13 +105,6 @@ def _start(module, model, cfg):
     log.info("resumed from %s", what)
 
 
-def _require(path):
-    import os
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found: cannot resume the optimizer state")
-    checkpoint.verify_digest(path)
-
-
 def _epochs(module, dataset, kv, schedule, cfg):
     metric = fit.training_metric(cfg.top_k)
     report = MetricsLog(cfg.prefix, cfg.begin_epoch) if kv.rank == 0 else None
@@ -110,6 +115,10 @@ def _epochs(module, dataset, kv, schedule, cfg):
                                       num_parts=kv.num_workers, part_index=kv.rank)
         images, seconds = fit.train_epoch(module, train_iter, metric, epoch, cfg.batch_size,
                                           cfg.disp_batches)
+        # Each device keeps its own BatchNorm statistics; get_params averages them.
+        # Every device takes that average, the one the checkpoint saves, so that
+        # validation and a resumed run use exactly what an unbroken run uses.
+        module.set_params(*module.get_params())
         val = fit.validate(module, dataset.val, cfg.image_shape, cfg.batch_size, cfg.data_threads,
                            dataset.num_classes, cfg.top_k)
         record = fit.epoch_record(epoch + 1, metric, val, fit.current_lr(module), images, seconds, cfg.top_k)
