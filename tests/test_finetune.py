@@ -3,7 +3,7 @@
 The contract: the pretrained network is cut at a named layer and gets a new head
 under an unused name; every other parameter comes from the checkpoint, matched by
 exact name and shape, or the run stops with a UserError. Checked against the model
-zoo's own ResNet-50 symbol (legacy MXNet 0.8 JSON, shared/fixtures) with random
+zoo's own ResNet-50 symbol (legacy MXNet 0.8 JSON, tests/fixtures) with random
 weights, and against small hand-made checkpoints. CPU only, small inputs.
 """
 import collections
@@ -19,8 +19,7 @@ from common import checkpoint, finetune, fit, model, trainer
 from common.cli import UserError
 from tests import trainkit
 
-# The repo is /work/main; the shared fixtures live next to it in /work/shared.
-ZOO_SYMBOL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "resnet-50-symbol.json"
+ZOO_SYMBOL = Path(trainkit.ZOO_SYMBOL)
 # Parameter shapes do not depend on the input size (global pool before the head),
 # and 64 px keeps a ResNet-50 forward/backward well under a second on 2 cores.
 ZOO_SHAPE = (3, 64, 64)

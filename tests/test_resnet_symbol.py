@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from symbols import resnet
+from tests import trainkit
 
-# The repo is /work/main and the shared fixtures live next to it in /work/shared.
-ZOO_SYMBOL = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures' / 'resnet-50-symbol.json'
+ZOO_SYMBOL = Path(trainkit.ZOO_SYMBOL)
 ZOO_CLASSES = 11586  # the fixture's ImageNet-11k + Places365 head
 ZOO_DATA_SHAPE = (1, 3, 224, 224)
 # Small enough for a quick ResNet-50 forward; the global pool accepts any size >= 32 px.
@@ -30,8 +30,7 @@ IMAGENET_LAYOUTS = [
 def load_zoo_symbol():
     """The fixture symbol; fails (not skips) when the file is missing."""
     if not ZOO_SYMBOL.is_file():
-        pytest.fail(f'zoo symbol fixture not found at {ZOO_SYMBOL}; it should lie in '
-                    'shared/fixtures next to the repository')
+        pytest.fail(f'zoo symbol fixture not found at {ZOO_SYMBOL}')
     return mx.sym.load(str(ZOO_SYMBOL))
 
 

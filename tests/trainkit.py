@@ -14,6 +14,8 @@ from common import prepare
 from symbols import resnet
 from tests.imagegen import make_class_tree
 
+# The model zoo's published ResNet-50 symbol file (see tests/fixtures/README.md).
+ZOO_SYMBOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "resnet-50-symbol.json")
 IMAGE_SHAPE = (3, 16, 16)
 RESIZE = 18  # packed shorter side: leaves room for a random 16 px crop
 
