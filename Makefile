@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test test-slow demo bench clean-venv
+.PHONY: test demo bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,7 @@ $(DEMO_STAMP): $(STAMP) requirements-demo.txt
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow"
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest
 
 demo: $(DEMO_STAMP)
 	$(PY) -m common.demo --out demo
