@@ -72,7 +72,7 @@ def _report(args, model, classes, shape, contexts, top_k, score):
             "data_nthreads": args.data_nthreads, "seconds": round(score.seconds, 3),
             "images_per_sec": round(figures["images"] / max(score.seconds, 1e-9), 2),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "versions": inference.versions(), "argv": sys.argv,
+            "versions": cli.software_versions(), "argv": sys.argv,
         },
     }
 

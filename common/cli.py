@@ -121,3 +121,14 @@ def run_entry(main, prog, argv=None):
         return 130
     # An int is an exit status; anything else (an entry's metrics) means success.
     return result if isinstance(result, int) else 0
+
+
+def software_versions():
+    """Software and hardware a result was produced with, for the files that record it."""
+    import os
+    import platform
+    import cv2
+    import mxnet as mx
+    import numpy as np
+    return {"python": platform.python_version(), "mxnet": mx.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}

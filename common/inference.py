@@ -443,14 +443,6 @@ def score_record_set(model, record_set, top_k, threads):
                  evaluate.confusion_matrix(probs, labels, model.num_classes), time.time() - tic)
 
 
-def versions():
-    """Software and hardware a result was measured with."""
-    import platform
-    import mxnet as mx
-    return {"python": platform.python_version(), "mxnet": mx.__version__, "numpy": np.__version__,
-            "opencv": cv2.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
-
-
 def per_class_rows(counts, hits, names):
     """[(label, name, images, correct, accuracy or None)] sorted by label."""
     return [(label, names[label] if names else str(label), int(n), int(c),

@@ -8,12 +8,11 @@ into .rec/.idx, write summary.json.
 import argparse
 import logging
 import os
-import platform
 import sys
 
 from . import download as dl
 from .cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
-                  positive_int, run_entry, setup_logging)
+                  positive_int, run_entry, setup_logging, software_versions)
 from .fsutil import read_json, text_digest, write_json_atomic, write_text_atomic
 from .imagefolder import check_file, lst_text, scan_tree, split_class
 from .parallel import parallel_map
@@ -226,7 +225,7 @@ def build_summary(args, root, scan, reasons, splits, lists):
         "ignored": [{"path": rel, "reason": why} for rel, why in scan.ignored],
         "excluded_classes": [{"name": n, "images": c, "reason": why} for n, c, why in scan.excluded],
         "lists": lists,
-        "versions": _versions(),
+        "versions": software_versions(),
     }
 
 
@@ -242,12 +241,6 @@ def _class_warnings(classes, train_per_class):
             warnings.append(f"class {c['label']} ({c['name']}) has only {c['train']} training "
                             f"images (kept one of its {c['train'] + c['val']} for validation)")
     return warnings
-
-
-def _versions():
-    import cv2
-    import numpy
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "opencv": cv2.__version__}
 
 
 def print_report(summary, out):

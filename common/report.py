@@ -2,7 +2,7 @@
 import json
 import os
 
-from .fsutil import write_text_atomic
+from .fsutil import atomic_output, write_text_atomic
 
 
 def read_metrics(path):
@@ -49,7 +49,6 @@ def plot_curves(records, path):
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

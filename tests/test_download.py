@@ -36,15 +36,6 @@ def md5(data):
     return hashlib.md5(data).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """A proxy from the environment must not see (or break) loopback traffic."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def server():
     with LoopbackServer() as srv:  # stop() shuts down and joins the server thread

@@ -42,15 +42,6 @@ def flip_last_byte(path):
 
 
 @pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """A proxy from the environment must not see (or break) loopback traffic."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture(autouse=True)
 def fast_downloads(monkeypatch):
     # modelzoo calls dl.download with its production timeouts (15 s / 60 s) and
     # backoff; a test that goes wrong must fail in seconds, not minutes.
