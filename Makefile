@@ -22,10 +22,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(DEMO_STAMP)
-	$(PY) -m common.demo --out demo
+	$(PY) -m tools.demo --out demo
 
 bench: $(STAMP)
-	$(PY) bench/bench_pack.py
+	$(PY) -m bench.bench_pack
 
 clean-venv:
 	rm -rf $(VENV)

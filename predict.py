@@ -13,14 +13,15 @@ import logging
 import os
 import sys
 
-from common import cli, fit, inference
+from common import cli, devices
+from common.infer import model as infer_model, predict as infer_predict, settings
 
 log = logging.getLogger("predict")
 TOP_K = 3
 
 
 def get_parser(add_help=True):
-    parser = inference.base_parser("predict.py", __doc__.split("\n")[1], TOP_K,
+    parser = settings.base_parser("predict.py", __doc__.split("\n")[1], TOP_K,
                                    "classes shown per image", add_help)
     group = parser.add_argument_group("prediction")
     group.add_argument("paths", nargs="+", metavar="PATH",
@@ -40,24 +41,23 @@ def main(argv=None):
         # stderr carries only problems, one line each: MXNet's bind notice goes too
         logging.getLogger().setLevel(logging.WARNING)
         os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-    files, problems = inference.find_images(args.paths)
-    inference.check_checkpoint_files(args.model_prefix, args.epoch)  # before MXNet loads
+    files, problems = infer_predict.find_images(args.paths)
     for path, reason in problems:
         print(f"predict.py: {path}: {reason}", file=sys.stderr)
     if not files:
         return 1
-    recorded = inference.recorded_args(args.model_prefix)
-    shape = inference.resolve_image_shape(args.image_shape, recorded)
-    resize = inference.resolve_resize(args.resize, recorded, shape.value)
-    contexts = fit.contexts(args.gpus, args.cpus)
-    batch = inference.inference_batch(args.batch_size, len(files), len(contexts))
-    model = inference.load_model(args.model_prefix, args.epoch, shape.value, contexts, batch)
-    top_k = inference.resolve_top_k(args.top_k, TOP_K, model.num_classes)
-    classes = inference.resolve_classes(args.classes, args.model_prefix, model.num_classes)
+    recorded = settings.recorded_args(args.model_prefix)
+    shape = settings.resolve_image_shape(args.image_shape, recorded)
+    resize = settings.resolve_resize(args.resize, recorded, shape.value)
+    contexts = devices.contexts(args.gpus, args.cpus)
+    batch = infer_model.inference_batch(args.batch_size, len(files), len(contexts))
+    model = infer_model.load_model(args.model_prefix, args.epoch, shape.value, contexts, batch)
+    top_k = settings.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    classes = settings.resolve_classes(args.classes, args.model_prefix, model.num_classes)
     if classes.value is None:
         log.warning("class names: %s", classes.source)
     log.info("input %s (%s), resize %d (%s)", shape.value, shape.source, resize.value, resize.source)
-    results = inference.predict_files(model, files, resize.value, top_k)
+    results = infer_predict.predict_files(model, files, resize.value, top_k)
     failed = _print_results(results, classes, args.json, _header(args, model, classes, shape, resize))
     return 1 if failed or problems else 0
 
@@ -78,9 +78,9 @@ def _print_results(results, classes, as_json, header):
             failed += 1
             print(f"predict.py: {path}: {reason}", file=sys.stderr, flush=True)
         elif as_json:
-            records.append(inference.prediction_record(path, ranked, classes.value))
+            records.append(infer_predict.prediction_record(path, ranked, classes.value))
         else:
-            print(inference.format_prediction(path, ranked, classes.value), flush=True)
+            print(infer_predict.format_prediction(path, ranked, classes.value), flush=True)
     if as_json:
         print(json.dumps(records, indent=2))
     return failed

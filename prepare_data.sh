@@ -4,7 +4,7 @@
 #   bash prepare_data.sh                      # Caltech-256, 60 train images per class
 #   bash prepare_data.sh --src DIR --out OUT  # any folder with one subfolder per class
 #   bash prepare_data.sh --help               # every option and its default
-# The logic lives in common/prepare.py. Python: $PYTHON, else this project's .venv,
+# The logic lives in common/prep/. Python: $PYTHON, else this project's .venv,
 # else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,4 +13,4 @@ if [[ -z "$python" ]]; then
   if [[ -x "$here/.venv/bin/python" ]]; then python="$here/.venv/bin/python"; else python=python3; fi
 fi
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m common.prepare "$@"
+exec "$python" -m common.prep.main "$@"

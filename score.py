@@ -13,14 +13,15 @@ import logging
 import os
 import sys
 
-from common import cli, data, fit, inference
+from common import cli, devices, evaluate, records, report
+from common.infer import model as infer_model, score as infer_score, settings
 
 log = logging.getLogger("score")
 TOP_K = 5
 
 
 def get_parser(add_help=True):
-    parser = inference.base_parser("score.py", __doc__.split("\n")[1], TOP_K,
+    parser = settings.base_parser("score.py", __doc__.split("\n")[1], TOP_K,
                                    "also report top-k accuracy", add_help)
     group = parser.add_argument_group("scoring")
     group.add_argument("--data-val", metavar="REC", required=True,
@@ -36,27 +37,28 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     cli.setup_logging()
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # the log below says what was bound
-    data.require_record_files(args.data_val, "--data-val")
-    inference.check_checkpoint_files(args.model_prefix, args.epoch)  # before MXNet loads
-    shape = inference.resolve_image_shape(args.image_shape, inference.recorded_args(args.model_prefix))
-    contexts = fit.contexts(args.gpus, args.cpus)
-    model = inference.load_model(args.model_prefix, args.epoch, shape.value, contexts, args.batch_size)
-    top_k = inference.resolve_top_k(args.top_k, TOP_K, model.num_classes)
-    classes = inference.resolve_classes(args.classes, args.model_prefix, model.num_classes)
-    record_set = data.check_record_set(args.data_val, model.num_classes, "--data-val")
+    records.require_record_files(args.data_val, "--data-val")
+    shape = settings.resolve_image_shape(args.image_shape, settings.recorded_args(args.model_prefix))
+    contexts = devices.contexts(args.gpus, args.cpus)
+    model = infer_model.load_model(args.model_prefix, args.epoch, shape.value, contexts, args.batch_size)
+    top_k = settings.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    classes = settings.resolve_classes(args.classes, args.model_prefix, model.num_classes)
+    record_set = records.check_record_set(args.data_val, model.num_classes, "--data-val")
     log.info("scoring %s epoch %d (%d classes, names: %s) on the %d images of %s; input %s (%s), "
              "batch %d on %s", args.model_prefix, args.epoch, model.num_classes, classes.source,
              len(record_set), args.data_val, shape.value, shape.source, args.batch_size,
              ", ".join(map(str, contexts)))
-    score = inference.score_record_set(model, record_set, top_k, args.data_nthreads)
+    score = evaluate.evaluate_set(model.module, record_set, image_shape=model.image_shape,
+                                  batch_size=model.batch_size, threads=args.data_nthreads,
+                                  num_classes=model.num_classes, top_k=top_k)
     out_dir = args.out_dir or f"{args.model_prefix}-score-{args.epoch:04d}"
-    report = _report(args, model, classes, shape, contexts, top_k, score)
-    rows = inference.per_class_rows(score.counts, score.hits, classes.value)
+    figures = _report(args, model, classes, shape, contexts, top_k, score)
+    rows = report.per_class_rows(score.counts, score.hits, classes.value)
     title = (f"{os.path.basename(args.model_prefix)} epoch {args.epoch} on "
-             f"{os.path.basename(args.data_val)}: top-1 {report['acc']:.2%} ({report['images']} images)")
-    inference.write_score_files(out_dir, report, score.matrix, rows, classes.value, title)
-    _print_summary(report, top_k, out_dir)
-    return report
+             f"{os.path.basename(args.data_val)}: top-1 {figures['acc']:.2%} ({figures['images']} images)")
+    infer_score.write_score_files(out_dir, figures, score.matrix, rows, classes.value, title)
+    _print_summary(figures, top_k, out_dir)
+    return figures
 
 
 def _report(args, model, classes, shape, contexts, top_k, score):

@@ -3,43 +3,41 @@
 
 Both pack the same generated JPEGs from the same .lst with the same worker count,
 --resize and --quality:
-  ours    common.recordio_pack.pack_set, in this process (MXNet imported before timing)
+  ours    common.prep.pack.pack_set, in this process (MXNet imported before timing)
   im2rec  python <site-packages>/mxnet/tools/im2rec.py PREFIX ROOT ..., as a subprocess
           (its time includes starting Python and importing MXNet; measured on its own too)
 Every output is read back: record count and order, id and label of every record, and
 for a few records the decoded shape (shorter side == --resize).
 
-    python bench/bench_pack.py                      # 1000 images, 1 and 2 workers, 3 runs
-    python bench/bench_pack.py --images 200 --threads 2 --repeat 1 --keep
+    python -m bench.bench_pack                      # 1000 images, 1 and 2 workers, 3 runs
+    python -m bench.bench_pack --images 200 --threads 2 --repeat 1 --keep
 """
+# Nothing here may import MXNet at module level: pack_set's workers are spawned,
+# and a spawned worker re-imports the main module (as __mp_main__).
+import argparse
+import datetime
+import logging
 import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range,
+                        nonnegative_int, positive_int, run_entry, setup_logging)
+from common.fsutil import write_json_atomic
+from common.prep.imagefolder import lst_text
+from common.prep.pack import pack_set
+from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-# Nothing below may import MXNet at module level: pack_set's workers are spawned,
-# and a spawned worker re-imports this script (as __mp_main__).
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range,  # noqa: E402
-                        nonnegative_int, positive_int, run_entry, setup_logging)
-from common.fsutil import write_json_atomic  # noqa: E402
-from common.imagefolder import lst_text  # noqa: E402
-from common.recordio_pack import pack_set  # noqa: E402
-from tests.imagegen import class_image  # noqa: E402
 
 log = logging.getLogger("bench_pack")
 
@@ -88,8 +86,8 @@ def thread_list(text):
 
 def get_parser(add_help=True):
     parser = OneLineArgumentParser(
-        prog="bench_pack.py", formatter_class=HelpFormatter, add_help=add_help,
-        description="Time common.recordio_pack.pack_set against MXNet's im2rec.py on the "
+        prog="python -m bench.bench_pack", formatter_class=HelpFormatter, add_help=add_help,
+        description="Time common.prep.pack.pack_set against MXNet's im2rec.py on the "
                     "same generated JPEGs and .lst, in images/s.")
     data = parser.add_argument_group("generated data")
     data.add_argument("--images", metavar="N", type=positive_int, default=1000,
@@ -440,4 +438,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_entry(main, "bench_pack.py"))
+    sys.exit(run_entry(main, "bench.bench_pack"))

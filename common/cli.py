@@ -7,6 +7,7 @@ codes.
 """
 import argparse
 import logging
+import math
 import sys
 
 from tqdm import tqdm
@@ -66,6 +67,37 @@ def int_in_range(low, high):
         return value
     parse.__name__ = f"int in [{low}, {high}]"
     return parse
+
+
+def float_range(low=None, high=None, *, low_open=False, high_open=False):
+    """argparse type factory: a finite float in an interval, e.g. [0, 1) for momentum.
+
+    low/high: bounds (None: unbounded); low_open/high_open: the bound itself is
+    excluded. The error names the interval and the value given.
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    wanted = "a number " + " and ".join(bounds) if bounds else "a finite number"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+    parse.__name__ = wanted
+    return parse
+
+
+positive_float = float_range(0, low_open=True)
+nonnegative_float = float_range(0)
 
 
 def mxnet_reason(exc):

@@ -7,12 +7,55 @@ where the wrap stopped. Module.score counts all of that as data. Measured here: 
 fresh, unshuffled iterator does yield the records in file order first. So each
 evaluation uses a fresh iterator, keeps exactly the first N outputs, and checks
 their labels against the labels read from the .rec headers.
+
+evaluate_set is the one evaluation of a set: training's validation and score.py
+both call it.
 """
+import dataclasses
+import time
+
 import numpy as np
+
+from .cli import UserError
 
 
 class OrderError(AssertionError):
     """The iterator did not deliver the records in file order (an MXNet change?)."""
+
+
+@dataclasses.dataclass
+class Score:
+    """Evaluation of a model over every image of a set, each counted once.
+
+    figures: summarize's dict; counts/hits: (C,) images and top-1 hits per true
+    class; matrix: (C, C) counts, rows true; seconds: wall time.
+    """
+    figures: dict
+    counts: np.ndarray
+    hits: np.ndarray
+    matrix: np.ndarray
+    seconds: float
+
+
+def evaluate_set(module, record_set, *, image_shape, batch_size, threads, num_classes, top_k):
+    """Score a bound `module` on every image of a checked RecordSet, with the validation pipeline.
+
+    batch_size: the module's bound batch (over all devices); image_shape: (C, H, W).
+    """
+    from .transforms import record_iter
+    tic = time.time()
+    data_iter = record_iter(record_set, image_shape=image_shape, batch_size=batch_size, train=False,
+                            threads=threads)
+    probs, labels = predict_probabilities(module, data_iter, record_set.labels)
+    counts, hits = per_class_accuracy(probs, labels, num_classes)
+    return Score(summarize(probs, labels, num_classes, top_k), counts, hits,
+                 confusion_matrix(probs, labels, num_classes), time.time() - tic)
+
+
+def check_top_k(top_k, num_classes):
+    """UserError unless 1 <= top_k <= num_classes."""
+    if top_k > num_classes:
+        raise UserError(f"--top-k {top_k} is more than the {num_classes} classes; valid: 1..{num_classes}")
 
 
 def predict_probabilities(module, data_iter, expected_labels):

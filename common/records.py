@@ -1,11 +1,10 @@
-"""The RecordIO sets prepare_data.sh wrote, checked, and their iterators.
+"""The RecordIO sets prepare_data.sh wrote: found, read and checked.
 
 Before MXNet reads a .rec, every record header is read here through the .idx:
 a truncated or corrupt .rec can kill the process natively inside MXNet (SIGABRT,
 SIGFPE), and SoftmaxOutput trains silently wrong on a label >= num_classes. So
 labels, record bounds and counts are all checked first, in Python.
 """
-import argparse
 import dataclasses
 import logging
 import os
@@ -15,23 +14,13 @@ import numpy as np
 
 from .cli import UserError, positive_int
 from .fsutil import read_json
+from .transforms import image_shape as image_shape_type
 
 log = logging.getLogger(__name__)
 
 _MAGIC = 0xCED7230A  # dmlc RecordIO record start
 _LENGTH_MASK = (1 << 29) - 1
 _IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: mx.recordio.IRHeader
-
-
-def image_shape(text):
-    """argparse type: 'C,H,W' -> (C, H, W) ints."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
-        raise argparse.ArgumentTypeError(f"expected channels,height,width like 3,224,224, got {text!r}")
-    return shape
 
 
 def add_data_args(parser):
@@ -47,7 +36,7 @@ def add_data_args(parser):
     data.add_argument("--num-classes", metavar="N", type=positive_int, help="must match the data when given")
     data.add_argument("--num-examples", metavar="N", type=positive_int,
                       help="training images; must match the .idx when given")
-    data.add_argument("--image-shape", metavar="C,H,W", type=image_shape, default="3,224,224",
+    data.add_argument("--image-shape", metavar="C,H,W", type=image_shape_type, default="3,224,224",
                       help="network input C,H,W; images are cropped to H,W")
     data.add_argument("--data-nthreads", metavar="N", type=positive_int, default=4,
                       help="decoding threads per iterator")
@@ -232,22 +221,3 @@ def _read_idx(idx):
     if not rows:
         raise UserError(f"{idx} is empty: the set has no images")
     return rows
-
-
-def record_iter(record_set, image_shape, batch_size, train, threads, seed=0, num_parts=1, part_index=0):
-    """An ImageRecordIter with the project's one preprocessing recipe.
-
-    Training: true global shuffle through the .idx, random crop and mirror.
-    Validation/scoring: file order and center crop. Use a fresh iterator per pass
-    and keep only the first N outputs: MXNet 1.9.1 misreports the padding of the
-    last batch (see common/evaluate.py).
-    Images are raw 0-255 RGB: the zoo's ResNets normalize with their bn_data layer.
-    seed: shuffle and augmentation seed; give each epoch its own for an exact resume.
-    """
-    import mxnet as mx
-    return mx.io.ImageRecordIter(
-        path_imgrec=record_set.rec, path_imgidx=record_set.idx, label_width=1,
-        data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
-        batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
-        round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
-        num_parts=num_parts, part_index=part_index, verbose=False)

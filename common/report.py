@@ -1,8 +1,19 @@
-"""A run's per-epoch record: PREFIX-metrics.jsonl and the PREFIX-curve.png plot."""
+"""Reports people read: the metrics log and curves of a run, and a score's CSV and PNG files.
+
+PREFIX-metrics.jsonl and PREFIX-curve.png of a training run; per_class.csv,
+confusion.csv and confusion.png of a score. Every file is written atomically.
+"""
+import csv
+import io
 import json
 import os
 
+import numpy as np
+
 from .fsutil import atomic_output, write_text_atomic
+
+TICK_LABELS_UP_TO = 30  # confusion.png names its classes only when they stay readable
+COUNTS_UP_TO = 15  # ... and writes the counts in its cells
 
 
 def read_metrics(path):
@@ -33,9 +44,7 @@ class MetricsLog:
 
 def plot_curves(records, path):
     """Accuracy and loss per epoch, training against validation, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display on cluster nodes
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     epochs = [r["epoch"] for r in records]
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_acc", "train top-1"), ("val_acc", "val top-1"),
@@ -48,6 +57,67 @@ def plot_curves(records, path):
     for axis in (acc, loss):
         axis.grid(alpha=0.3)
         axis.legend()
+    _save_png(plt, fig, path)
+
+
+def per_class_rows(counts, hits, names):
+    """[(label, name, images, correct, accuracy or None)] sorted by label."""
+    return [(label, names[label] if names else str(label), int(n), int(c),
+             (c / n) if n else None) for label, (n, c) in enumerate(zip(counts, hits))]
+
+
+def write_per_class_csv(path, rows):
+    """per_class.csv: label,name,images,correct,accuracy (empty accuracy: no image)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", "name", "images", "correct", "accuracy"])
+    for label, name, images, correct, acc in rows:
+        writer.writerow([label, name, images, correct, "" if acc is None else f"{acc:.6f}"])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_confusion_csv(path, matrix):
+    """confusion.csv: counts, row i = true label i, column j = predicted label j."""
+    lines = ["true\\predicted," + ",".join(map(str, range(len(matrix))))]
+    lines += [f"{i}," + ",".join(map(str, row)) for i, row in enumerate(matrix.tolist())]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def plot_confusion(path, matrix, names, title):
+    """confusion.png: rows true, columns predicted, each row normalized to sum 1.
+
+    matrix: (C, C) counts. Class names label the axes up to TICK_LABELS_UP_TO
+    classes, and the cells show their counts up to COUNTS_UP_TO.
+    """
+    plt = _pyplot()
+    count = len(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
+    side = min(20.0, max(6.0, 0.3 * count + 3))
+    fig, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if count <= TICK_LABELS_UP_TO:
+        labels = names or [str(i) for i in range(count)]
+        axis.set_xticks(range(count), labels, rotation=90, fontsize=8)
+        axis.set_yticks(range(count), labels, fontsize=8)
+    if count <= COUNTS_UP_TO:
+        for (row, col), value in np.ndenumerate(matrix):
+            if value:
+                axis.text(col, row, str(value), ha="center", va="center", fontsize=8,
+                          color="white" if share[row, col] > 0.5 else "black")
+    axis.set(xlabel="predicted class", ylabel="true class", title=title)
+    _save_png(plt, fig, path)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_png(plt, fig, path):
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -62,6 +62,12 @@ _SMALL_INPUT_FAMILIES = (
 _BOTTLENECK_CONVS = ((4, 1, False), (4, 3, True), (1, 1, False))
 _BASIC_CONVS = ((1, 3, True), (1, 3, False))
 
+# The small-input depths of the paper; the families above build any 6n+2 / 9n+2.
+SMALL_INPUT_NAMED_DEPTHS = (20, 32, 44, 56, 110, 164, 1001)
+# Depths offered by name (symbols.NETWORKS, --network): every ImageNet depth, and the
+# paper's small-input ones.
+NAMED_DEPTHS = tuple(sorted(set(_IMAGENET_DEPTHS) | set(SMALL_INPUT_NAMED_DEPTHS)))
+
 
 def get_symbol(num_classes, num_layers, image_shape, conv_workspace=256, dtype='float32'):
     """The zoo's pre-activation ResNet ending in SoftmaxOutput.
@@ -163,7 +169,8 @@ def _small_input_depths():
     for family in _SMALL_INPUT_FAMILIES:
         upper = 'up' if family.max_depth is None else f'to {family.max_depth}'
         rules.append(f'{3 * family.convs_per_unit}n+2 from {family.min_depth} {upper}')
-    return ' or '.join(rules) + ' (e.g. 20, 32, 44, 56, 110, 164, 1001)'
+    named = ', '.join(map(str, SMALL_INPUT_NAMED_DEPTHS))
+    return ' or '.join(rules) + f' (e.g. {named})'
 
 
 def _batch_norm(data, name, fix_gamma=False):

@@ -17,11 +17,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import data
+from common import records as data, transforms
 from common.cli import UserError
-from common.imagefolder import read_lst
+from common.prep.imagefolder import read_lst
 from tests import trainkit
-from tests.imagegen import class_image
+from tools.imagegen import class_image
 
 PREFIX = "caltech256"  # prepare_data.sh's default, which load_dataset looks for
 COUNTS = (12, 12, 12, 12)  # images per class in the packed set
@@ -270,15 +270,15 @@ def test_explicit_paths_override_the_defaults(packed, tmp_path):
 # ---------------------------------------------------------------- --image-shape
 
 def test_image_shape_parses_channels_height_width():
-    assert data.image_shape("3,224,224") == (3, 224, 224)
-    assert data.image_shape("1,32,48") == (1, 32, 48)
+    assert transforms.image_shape("3,224,224") == (3, 224, 224)
+    assert transforms.image_shape("1,32,48") == (1, 32, 48)
 
 
 @pytest.mark.parametrize("text", ["224,224", "a,b,c", "3,0,4", "3,224,224,1", "", "2,224,224",
                                   "3,-1,4"])
 def test_bad_image_shape_is_rejected(text):
     with pytest.raises(argparse.ArgumentTypeError) as error:
-        data.image_shape(text)
+        transforms.image_shape(text)
     assert repr(text) in str(error.value)
 
 

@@ -17,12 +17,12 @@ import uuid
 import pytest
 import requests
 
-from common import download as dl
-from common import prepare
+from common.prep import download as dl
+from common.prep import main as prepare
 from common.cli import UserError
-from common.imagefolder import read_lst
-from common.recordio_pack import verify_records
-from tests.imagegen import make_class_tree
+from common.prep.imagefolder import read_lst
+from common.prep.pack import verify_records
+from tools.imagegen import make_class_tree
 from tests.loopback_http import LoopbackServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

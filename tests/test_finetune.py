@@ -15,7 +15,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import checkpoint, finetune, fit, model, trainer
+from common import checkpoint
+from common.train import loop, modes as model, schedule, surgery as finetune
 from common.cli import UserError
 from tests import trainkit
 
@@ -53,9 +54,10 @@ def build(prefix, image_shape, mode="full", network="resnet-20", **kwargs):
 
 def bound_module(net, image_shape, batch_size=2, contexts=None):
     """The Module the trainer builds, with its parameters set the trainer's way."""
-    cfg = trainer.RunConfig(prefix="unused", batch_size=batch_size, image_shape=image_shape)
-    module = trainer._bind(net, contexts or [mx.cpu()], cfg)  # pylint: disable=protected-access
-    trainer._start(module, net, cfg)  # pylint: disable=protected-access
+    cfg = loop.RunConfig(prefix="unused", batch_size=batch_size, image_shape=image_shape, data_threads=1,
+                         top_k=1, disp_batches=1, seed=0)
+    module = loop._bind(net, contexts or [mx.cpu()], cfg)  # pylint: disable=protected-access
+    loop._start(module, net, cfg)  # pylint: disable=protected-access
     return module
 
 
@@ -120,7 +122,7 @@ def test_zoo_checkpoint_old_head_is_dropped_and_reported(zoo_checkpoint, caplog)
     assert surgery.dropped == ["fc1_bias", "fc1_weight"]
     assert not {"fc1_weight", "fc1_bias"} & set(surgery.symbol.list_arguments())
     # The run's log says so (that is how a user sees what was not used).
-    with caplog.at_level(logging.INFO, logger="common.finetune"):
+    with caplog.at_level(logging.INFO, logger="common.train.surgery"):
         finetune.log_surgery(surgery)
     assert any("fc1_bias" in r.getMessage() and "fc1_weight" in r.getMessage()
                for r in caplog.records)
@@ -351,7 +353,9 @@ def one_step_deltas(net, contexts):
     module = bound_module(net, SMALL_SHAPE, batch_size=4, contexts=contexts)
     before = {n: a.asnumpy() for n, a in module.get_params()[0].items()}
     module.init_optimizer(kvstore="device", optimizer="sgd",
-                          optimizer_params=fit.optimizer_params(0.5, 0.0, 0.0, None, "float32", 0))
+                          optimizer_params=schedule.optimizer_params(
+                              schedule.Schedule(num_epochs=1, lr=0.5, mom=0.0, wd=0.0),
+                              epoch_size=1, dtype="float32", begin_epoch=0))
     module.forward_backward(random_batch(SMALL_SHAPE, 4, seed=5))
     module.update()
     return {n: a.asnumpy() - before[n] for n, a in module.get_params()[0].items()}

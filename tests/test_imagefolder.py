@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from common.imagefolder import check_file, decode_image, lst_text, read_lst, scan_tree, split_class
-from tests.imagegen import add_problem_files, make_class_tree
+from common.prep.imagefolder import check_file, decode_image, lst_text, read_lst, scan_tree, split_class
+from tools.imagegen import add_problem_files, make_class_tree
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import os
 import mxnet as mx
 import pytest
 
-from common import checkpoint, modelzoo
-from common import download as dl
+from common import checkpoint
+from common.train import modelzoo
+from common.prep import download as dl
 from common.cli import UserError
 from tests import trainkit
 from tests.loopback_http import LoopbackServer

@@ -1,4 +1,4 @@
-"""predict.py and score.py on a tiny checkpoint trained here, and the shared common/inference.py.
+"""predict.py and score.py on a tiny checkpoint trained here, and the shared common/infer/ modules.
 
 One module-scoped run trains ResNet-20 from scratch on 4 colour-coded classes
 (16x16 crops of 18-px images, 4 epochs, a second or two on CPU). The scripts are
@@ -21,12 +21,14 @@ import pytest
 import predict
 import score
 import train_caltech
-from common import cli, data, inference
-from common.imagefolder import read_lst
-from common.recordio_pack import pack_set
+from common import cli, records, transforms
+from common.transforms import IMAGE_EXTENSIONS
+from common.infer import model as infer_model, predict as infer_predict, settings
+from common.prep.imagefolder import read_lst
+from common.prep.pack import pack_set
 from common.report import read_metrics
 from tests import trainkit
-from tests.imagegen import class_image
+from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
@@ -68,8 +70,8 @@ def run_script(script, *args, cwd=REPO):
 
 def iterator_images(rec, image_shape, count, batch_size=4):
     """(count, C, H, W): what the validation ImageRecordIter feeds the network."""
-    record_set = data.check_record_set(rec, NUM_CLASSES)
-    batches = data.record_iter(record_set, image_shape, batch_size, False, 1)
+    record_set = records.check_record_set(rec, NUM_CLASSES)
+    batches = transforms.record_iter(record_set, image_shape=image_shape, batch_size=batch_size, train=False, threads=1)
     return np.concatenate([batch.data[0].asnumpy() for batch in batches])[:count]
 
 
@@ -95,7 +97,7 @@ def test_preprocess_matches_the_validation_iterator(run, tmp_path):
     expected = iterator_images(run.val_rec, SHAPE, len(paths))
     margins = set()
     for path, want in zip(paths, expected):
-        got = inference.preprocess(path, trainkit.RESIZE, SHAPE)
+        got = transforms.preprocess(path, trainkit.RESIZE, SHAPE)
         assert got.shape == SHAPE and got.dtype == np.float32
         assert np.abs(got - want).max() <= 1, path  # measured: 0 (bit-identical)
         height, width = cv2.imread(path).shape[:2]
@@ -107,7 +109,7 @@ def test_preprocess_of_the_original_file_differs_only_by_jpeg_loss(run):
     """The original file resized here gives the packed image up to its JPEG re-encoding."""
     expected = iterator_images(run.val_rec, SHAPE, len(run.val))
     for (_, path), want in zip(run.val, expected):
-        diff = np.abs(inference.preprocess(path, trainkit.RESIZE, SHAPE) - want)
+        diff = np.abs(transforms.preprocess(path, trainkit.RESIZE, SHAPE) - want)
         # The images are colour + uniform noise of +-40: a crop off by one pixel
         # differs by ~27 on average, JPEG q95 re-encoding by ~3.5.
         assert diff.mean() < 6, path
@@ -127,24 +129,24 @@ def test_preprocess_enlarges_small_images_like_image_record_iter(tmp_path, image
     paths = record_payloads(rec, str(tmp_path / "payload"))
     expected = iterator_images(rec, image_shape, len(sizes))
     for path, want in zip(paths, expected):
-        got = inference.preprocess(path, 0, image_shape)
+        got = transforms.preprocess(path, 0, image_shape)
         assert np.abs(got - want).max() <= 1, (path, image_shape)
 
 
 def test_center_crop_and_fit_to_crop_shapes():
     image = np.arange(7 * 10 * 3, dtype=np.uint8).reshape(7, 10, 3)
-    crop = inference.center_crop(image, 4, 5)
+    crop = transforms.center_crop(image, 4, 5)
     assert crop.shape == (4, 5, 3) and crop[0, 0, 0] == image[1, 2, 0]  # (7-4)//2, (10-5)//2
-    assert inference.fit_to_crop(image, 7, 10) is image
-    assert inference.fit_to_crop(image, 14, 10).shape == (14, 20, 3)
-    assert inference.fit_to_crop(image, 7, 30).shape == (21, 30, 3)
+    assert transforms.fit_to_crop(image, 7, 10) is image
+    assert transforms.fit_to_crop(image, 14, 10).shape == (14, 20, 3)
+    assert transforms.fit_to_crop(image, 7, 30).shape == (21, 30, 3)
 
 
 def test_preprocess_names_an_unreadable_file(tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    with pytest.raises(inference.UnreadableImage) as info:
-        inference.preprocess(str(bad), 18, SHAPE)
+    with pytest.raises(transforms.UnreadableImage) as info:
+        transforms.preprocess(str(bad), 18, SHAPE)
     assert info.value.path == str(bad) and "decode" in info.value.reason
 
 
@@ -155,26 +157,25 @@ def test_find_images_expands_folders_recursively_and_sorted(tmp_path):
         os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     os.makedirs(tmp_path / "empty")
-    files, problems = inference.find_images([str(tmp_path / "b"), str(tmp_path / "a.jpg"),
-                                             str(tmp_path / "empty")])
+    files, problems = infer_predict.find_images([str(tmp_path / "b"), str(tmp_path / "nope.jpg"),
+                                                 str(tmp_path / "a.jpg"), str(tmp_path / "empty")])
     assert files == [str(tmp_path / "b/2.JPG"), str(tmp_path / "b/sub/1.png"), str(tmp_path / "a.jpg")]
-    assert [path for path, _ in problems] == [str(tmp_path / "empty")]
-    with pytest.raises(cli.UserError, match="nope.jpg: no such file"):
-        inference.find_images([str(tmp_path / "nope.jpg")])
+    assert problems == [(str(tmp_path / "nope.jpg"), "no such file or folder"),
+                        (str(tmp_path / "empty"), "no image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")")]
 
 
 def test_run_settings_come_from_the_training_run(run, tmp_path):
-    recorded = inference.recorded_args(run.prefix)
-    assert inference.resolve_image_shape(None, recorded).value == SHAPE
-    assert inference.resolve_resize(None, recorded, SHAPE).value == trainkit.RESIZE
-    assert inference.resolve_image_shape((3, 20, 20), recorded).value == (3, 20, 20)
-    assert inference.resolve_resize(0, recorded, SHAPE).value == 0
+    recorded = settings.recorded_args(run.prefix)
+    assert settings.resolve_image_shape(None, recorded).value == SHAPE
+    assert settings.resolve_resize(None, recorded, SHAPE).value == trainkit.RESIZE
+    assert settings.resolve_image_shape((3, 20, 20), recorded).value == (3, 20, 20)
+    assert settings.resolve_resize(0, recorded, SHAPE).value == 0
     # a zoo checkpoint records nothing: 3,224,224 and the ImageNet 256-for-224 convention
-    shape = inference.resolve_image_shape(None, {})
-    assert shape.value == (3, 224, 224) and inference.resolve_resize(None, {}, shape.value).value == 256
+    shape = settings.resolve_image_shape(None, {})
+    assert shape.value == (3, 224, 224) and settings.resolve_resize(None, {}, shape.value).value == 256
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"options": {"resize": 40}}))
-    assert inference.resolve_resize(None, {"data_val": str(tmp_path / "x.rec")}, SHAPE).value == 40
+    assert settings.resolve_resize(None, {"data_val": str(tmp_path / "x.rec")}, SHAPE).value == 40
 
 
 # ---------------------------------------------------------------- predict.py
@@ -237,15 +238,15 @@ def test_predict_json_lists_every_image_with_sorted_probabilities(run):
 
 def test_several_cpu_contexts_predict_what_one_does(run):
     """The Module splits a batch over contexts: same probabilities, padding dropped."""
-    images = np.stack([inference.preprocess(path, trainkit.RESIZE, SHAPE) for _, path in run.val[:7]])
-    one = inference.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0)], 8)
-    two = inference.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0), mx.cpu(1)], 8)
+    images = np.stack([transforms.preprocess(path, trainkit.RESIZE, SHAPE) for _, path in run.val[:7]])
+    one = infer_model.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0)], 8)
+    two = infer_model.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0), mx.cpu(1)], 8)
     assert one.num_classes == two.num_classes == NUM_CLASSES
-    probs = inference.forward(one, images)
+    probs = infer_model.forward(one, images)
     assert probs.shape == (7, NUM_CLASSES)
-    np.testing.assert_allclose(inference.forward(two, images), probs, atol=1e-5)
+    np.testing.assert_allclose(infer_model.forward(two, images), probs, atol=1e-5)
     with pytest.raises(cli.UserError, match="--batch-size 7 does not divide by the 2 devices"):
-        inference.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0), mx.cpu(1)], 7)
+        infer_model.load_model(run.prefix, EPOCHS, SHAPE, [mx.cpu(0), mx.cpu(1)], 7)
 
 
 def test_a_checkpoint_with_a_flipped_byte_is_refused(run, tmp_path):
@@ -254,14 +255,14 @@ def test_a_checkpoint_with_a_flipped_byte_is_refused(run, tmp_path):
     for suffix in ("-symbol.json", "-symbol.json.sha256", "-0001.params", "-0001.params.sha256"):
         with open(run.prefix + suffix, "rb") as src, open(prefix + suffix, "wb") as dst:
             dst.write(src.read())
-    inference.load_model(prefix, 1, SHAPE, [mx.cpu()], 1)  # intact copy: loads
+    infer_model.load_model(prefix, 1, SHAPE, [mx.cpu()], 1)  # intact copy: loads
     with open(prefix + "-0001.params", "r+b") as f:
         f.seek(-3, os.SEEK_END)
         byte = f.read(1)
         f.seek(-3, os.SEEK_END)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(cli.UserError, match="net-0001.params is corrupt"):
-        inference.load_model(prefix, 1, SHAPE, [mx.cpu()], 1)
+        infer_model.load_model(prefix, 1, SHAPE, [mx.cpu()], 1)
 
 
 def test_predict_with_a_zoo_checkpoint_shows_label_indices(run, tmp_path):
@@ -290,6 +291,20 @@ def test_predict_reports_an_unreadable_file_and_still_predicts_the_others(run, t
     assert list(parse_blocks(result.stdout)) == [good[0], good[1]]
 
 
+def test_predict_reports_a_missing_file_and_still_predicts_the_others(run, tmp_path):
+    good = run.val[0][1]
+    missing = tmp_path / "missing.jpg"
+    result = run_script("predict.py", "--model-prefix", run.prefix, "--epoch", EPOCHS, good, missing,
+                        cwd=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"predict.py: {missing}: no such file or folder"]
+    assert list(parse_blocks(result.stdout)) == [good]
+    only_missing = run_script("predict.py", "--model-prefix", run.prefix, "--epoch", EPOCHS, missing,
+                              cwd=str(tmp_path))
+    assert only_missing.returncode == 1 and only_missing.stdout == ""
+    assert only_missing.stderr.splitlines() == [f"predict.py: {missing}: no such file or folder"]
+
+
 @pytest.fixture
 def entry_state():
     """Undo what an entry point run in this process sets globally (log level, env)."""
@@ -315,9 +330,9 @@ def test_predict_rejects_a_checkpoint_whose_output_is_not_a_softmax(run, tmp_pat
 def test_an_input_the_network_cannot_take_is_a_user_error(capsys):
     pooled = mx.sym.Pooling(mx.sym.Variable("data"), kernel=(7, 7), pool_type="avg", name="pool")
     net = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(pooled, num_hidden=3, name="fc"), name="softmax")
-    assert inference.output_classes(net, (1, 3, 8, 8)) == 3
+    assert infer_model.output_classes(net, (1, 3, 8, 8)) == 3
     with pytest.raises(cli.UserError, match=r"input 3,4,4: .*kernel size \(7\) exceeds .*--image-shape"):
-        inference.output_classes(net, (1, 3, 4, 4))
+        infer_model.output_classes(net, (1, 3, 4, 4))
     assert capsys.readouterr().out == ""  # MXNet's own print of the arguments is kept off stdout
 
 
@@ -394,9 +409,6 @@ MISUSE = {
     "predict-top-k": (
         "predict.py", ["--model-prefix", "{prefix}", "--epoch", "1", "--top-k", "5", "{image}"],
         ["--top-k 5", "valid: 1..4"]),
-    "predict-missing-path": (
-        "predict.py", ["--model-prefix", "{prefix}", "--epoch", "1", "{root}/no.jpg"],
-        ["{root}/no.jpg: no such file or folder"]),
     "score-missing-rec": (
         "score.py", ["--model-prefix", "{prefix}", "--epoch", "1", "--data-val", "{root}/no.rec"],
         ["--data-val {root}/no.rec: no such file"]),

@@ -11,9 +11,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import prepare
-from common.imagefolder import read_lst
-from tests.imagegen import add_problem_files, make_class_tree
+from common.prep import main as prepare
+from common.prep.imagefolder import read_lst
+from tools.imagegen import add_problem_files, make_class_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "prepare_data.sh")

@@ -38,10 +38,12 @@ import numpy as np
 import pytest
 
 import train_caltech
-from common import checkpoint, finetune, fit, prepare
+from common import checkpoint
+from common.prep import main as prepare
+from common.train import schedule, surgery as finetune
 from common.fsutil import file_digest
 from tests import trainkit
-from tests.imagegen import make_class_tree
+from tools.imagegen import make_class_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "train_caltech.py")
@@ -460,18 +462,25 @@ def test_cosine_schedule_with_warmup_gives_another_curve(data_dir, tmp_path):
     assert [r["lr"] for r in metrics(prefix)] == pytest.approx([0.01, 0.005, 0.0], abs=1e-9)
 
 
+def make_scheduler(kind, lr, epoch_size, num_epochs, steps, factor, warmup_epochs):
+    """schedule.lr_scheduler for a Schedule of these settings (no momentum or decay)."""
+    plan = schedule.Schedule(num_epochs=num_epochs, lr=lr, mom=0.0, wd=0.0, kind=kind, step_epochs=steps,
+                             factor=factor, warmup_epochs=warmup_epochs)
+    return schedule.lr_scheduler(plan, epoch_size)
+
+
 def _sequence(scheduler, updates):
     """lr for updates 1..updates, called in order as the optimizer does."""
     return np.array([scheduler(u) for u in range(1, updates + 1)])
 
 
 def test_lr_scheduler_constant_without_steps_or_warmup():
-    assert fit.lr_scheduler("step", 0.1, 10, 4, [], 0.1, 0.0) is None
+    assert make_scheduler("step", 0.1, 10, 4, [], 0.1, 0.0) is None
 
 
 def test_lr_scheduler_steps_at_epoch_boundaries():
     # The optimizer counts updates from 1; epoch e (1-based) is updates (e-1)*E+1 .. e*E.
-    scheduler = fit.lr_scheduler("step", 1.0, 10, 4, [1, 3], 0.1, 0.0)
+    scheduler = make_scheduler("step", 1.0, 10, 4, [1, 3], 0.1, 0.0)
     lrs = _sequence(scheduler, 40)
     np.testing.assert_allclose(lrs[:10], 1.0)
     np.testing.assert_allclose(lrs[10:30], 0.1)
@@ -480,14 +489,14 @@ def test_lr_scheduler_steps_at_epoch_boundaries():
 
 @pytest.mark.parametrize("kind,steps", [("step", [2]), ("step", []), ("cosine", [])])
 def test_lr_scheduler_warmup_ramps_linearly_from_zero(kind, steps):
-    scheduler = fit.lr_scheduler(kind, 0.5, 10, 4, steps, 0.1, 1.5)  # 15 warm-up updates
+    scheduler = make_scheduler(kind, 0.5, 10, 4, steps, 0.1, 1.5)  # 15 warm-up updates
     ramp = [scheduler(u) for u in range(15)]
     np.testing.assert_allclose(ramp, 0.5 * np.arange(15) / 15)
     assert scheduler(15) == pytest.approx(0.5)
 
 
 def test_lr_scheduler_warmup_then_step():
-    scheduler = fit.lr_scheduler("step", 1.0, 10, 4, [2], 0.1, 0.5)
+    scheduler = make_scheduler("step", 1.0, 10, 4, [2], 0.1, 0.5)
     lrs = _sequence(scheduler, 30)
     np.testing.assert_allclose(lrs[:4], np.arange(1, 5) / 5)
     np.testing.assert_allclose(lrs[4:20], 1.0)
@@ -495,7 +504,7 @@ def test_lr_scheduler_warmup_then_step():
 
 
 def test_lr_scheduler_cosine_ends_at_zero():
-    scheduler = fit.lr_scheduler("cosine", 1.0, 10, 4, [], 0.1, 1.0)  # updates 10..40 decay
+    scheduler = make_scheduler("cosine", 1.0, 10, 4, [], 0.1, 1.0)  # updates 10..40 decay
     lrs = _sequence(scheduler, 40)
     assert lrs[9] == pytest.approx(1.0)  # update 10: warm-up done
     assert lrs[24] == pytest.approx(0.5)  # update 25: half-way through the decay
@@ -506,13 +515,13 @@ def test_lr_scheduler_cosine_ends_at_zero():
 @pytest.mark.parametrize("kind,steps", [("step", [1, 3]), ("cosine", [])])
 def test_lr_scheduler_restarted_mid_run_continues_the_curve(kind, steps):
     """A resumed run builds a fresh scheduler and starts at update begin+1."""
-    unbroken = _sequence(fit.lr_scheduler(kind, 1.0, 10, 4, steps, 0.1, 0.5), 40)
-    fresh = fit.lr_scheduler(kind, 1.0, 10, 4, steps, 0.1, 0.5)
+    unbroken = _sequence(make_scheduler(kind, 1.0, 10, 4, steps, 0.1, 0.5), 40)
+    fresh = make_scheduler(kind, 1.0, 10, 4, steps, 0.1, 0.5)
     np.testing.assert_allclose([fresh(u) for u in range(21, 41)], unbroken[20:])
 
 
 def test_lr_scheduler_warmup_only_does_not_log_every_update(caplog):
-    scheduler = fit.lr_scheduler("step", 0.1, 10, 4, [], 0.1, 1.0)
+    scheduler = make_scheduler("step", 0.1, 10, 4, [], 0.1, 1.0)
     with caplog.at_level(logging.INFO):
         _sequence(scheduler, 40)
     assert [r.getMessage() for r in caplog.records if "learning rate" in r.getMessage()] == []
@@ -575,10 +584,10 @@ def _misuse_cases():
          1, ["--num-classes 5", "4 classes"]),
         ("pretrained-missing", lambda d, p, b: ["--data-dir", d, "--mode", "full",
                                                 "--pretrained-model", p + "-nope", "--pretrained-epoch", "5"],
-         1, ["--pretrained-model", "-nope-symbol.json", "does not exist"]),
+         1, ["--pretrained-model", "-nope-symbol.json not found", "not a zoo name", "checkpoints in"]),
         ("pretrained-epoch-missing", lambda d, p, b: ["--data-dir", d, "--mode", "last-layer",
                                                       "--pretrained-model", p, "--pretrained-epoch", "9"],
-         1, ["--pretrained-model", "-0009.params", "does not exist"]),
+         1, ["--pretrained-epoch 9", "-0009.params not found", "saved epochs of ", "colours6: 1, 2, 3, 4, 5"]),
         ("layer", lambda d, p, b: ["--data-dir", d, "--mode", "full", "--pretrained-model", p,
                                    "--pretrained-epoch", str(PRETRAIN_EPOCHS), "--layer-before-fullc", "nope"],
          1, ["--layer-before-fullc nope", "candidates", "flatten0"]),
@@ -590,7 +599,7 @@ def _misuse_cases():
          1, ["--lr-mult-pretrained", "--mode full"]),
         ("load-epoch-missing", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                             "--load-epoch", "1"],
-                     1, ["--load-epoch", "run-symbol.json"]),
+                     1, ["--model-prefix", "run-symbol.json not found", "checkpoints in"]),
         ("load-epoch-past-end", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                              "--load-epoch", "3"],
                      1, ["--load-epoch 3", "--num-epochs 2"]),

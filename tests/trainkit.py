@@ -10,9 +10,9 @@ import os
 import mxnet as mx
 import numpy as np
 
-from common import prepare
+from common.prep import main as prepare
 from symbols import resnet
-from tests.imagegen import make_class_tree
+from tools.imagegen import make_class_tree
 
 # The model zoo's published ResNet-50 symbol file (see tests/fixtures/README.md).
 ZOO_SYMBOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "resnet-50-symbol.json")

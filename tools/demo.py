@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .cli import HelpFormatter, OneLineArgumentParser, UserError, positive_int, run_entry
+from common.cli import HelpFormatter, OneLineArgumentParser, UserError, positive_int, run_entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DIGITS = range(0, 5)  # the "ImageNet" of the demo
@@ -114,7 +114,7 @@ def fresh_folder(out):
 
 def predict_examples(out, data, name, prefix, epochs):
     """predict.py top-3 on the first validation image of each class."""
-    from .imagefolder import read_lst
+    from common.prep.imagefolder import read_lst
     rows = read_lst(os.path.join(data, f"{name}-val.lst"))
     src = os.path.join(out, f"{name}-images")
     firsts = {}

@@ -16,8 +16,8 @@ import urllib.parse
 import requests
 import urllib3
 
-from .cli import UserError, progress
-from .fsutil import file_digest, read_json, write_json_atomic
+from ..cli import UserError, progress
+from ..fsutil import file_digest, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,8 @@ import dataclasses
 import hashlib
 import os
 
-import cv2
-import numpy as np
+from ..transforms import IMAGE_EXTENSIONS, decode_image
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
-                              ".ppm", ".pgm", ".pbm"})
 # Files operating systems leave in image folders.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 CLUTTER_SUFFIX = ".clutter"
@@ -85,24 +82,6 @@ def _not_an_image(filename):
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
     return None
-
-
-def decode_image(path):
-    """Decode an image file as a 3-channel BGR uint8 array.
-
-    Grayscale, CMYK, 16-bit and alpha images all come back as 3 channels.
-    Returns (array, None) or (None, reason).
-    """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror}"
-    if data.size == 0:
-        return None, "empty file (0 bytes)"
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        return None, "OpenCV cannot decode it"
-    return image, None
 
 
 def check_file(path):

@@ -11,12 +11,12 @@ import os
 import sys
 
 from . import download as dl
-from .cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
+from ..cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
                   positive_int, run_entry, setup_logging, software_versions)
-from .fsutil import read_json, text_digest, write_json_atomic, write_text_atomic
+from ..fsutil import read_json, text_digest, write_json_atomic, write_text_atomic
 from .imagefolder import check_file, lst_text, scan_tree, split_class
 from .parallel import parallel_map
-from .recordio_pack import pack_set
+from .pack import pack_set
 
 log = logging.getLogger(__name__)
 

@@ -9,28 +9,10 @@ import os
 
 import cv2
 
-from .cli import UserError
-from .fsutil import atomic_output
-from .imagefolder import decode_image
 from .parallel import parallel_map
-
-
-def resize_shorter(image, size):
-    """Resize an HxWxC image so its shorter side is `size` px (0: unchanged).
-
-    Like im2rec, the longer side is floor(long * size / short). INTER_AREA when
-    shrinking (it averages instead of aliasing), INTER_LINEAR when enlarging.
-    """
-    height, width = image.shape[:2]
-    if size <= 0 or min(height, width) == size:
-        return image
-    if height <= width:
-        new_h, new_w = size, max(1, width * size // height)
-    else:
-        new_h, new_w = max(1, height * size // width), size
-    shrink = size < min(height, width)
-    return cv2.resize(image, (new_w, new_h),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+from ..cli import UserError
+from ..fsutil import atomic_output
+from ..transforms import decode_image, resize_shorter
 
 
 def encode_record(job):

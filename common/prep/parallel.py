@@ -1,7 +1,7 @@
 """Ordered parallel map over worker processes, with a progress bar."""
 import multiprocessing
 
-from .cli import progress
+from ..cli import progress
 
 # Workers are spawned, not forked: a fork of a process that has started MXNet's
 # or OpenMP's thread pools can deadlock, and the workers need only NumPy/OpenCV.

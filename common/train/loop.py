@@ -1,4 +1,10 @@
-"""One training run: build the Module, start or resume it, train, checkpoint, report.
+"""One training run with mx.mod.Module: bind, start or resume, the epoch loop.
+
+The loop is written out (not Module.fit) so that each epoch gets its own
+iterator seed (an exact resume replays the same order and crops), validation
+counts every image exactly once (common.evaluate), and BatchNorm statistics are
+shared across devices before anything is validated or saved. Everything else
+that happens per batch or per epoch is a callback (common.train.callbacks).
 
 Each finished epoch E leaves, under the run's prefix (rank 0 only):
 PREFIX-symbol.json, PREFIX-E.params and PREFIX-E.states (atomic, with .sha256),
@@ -6,45 +12,63 @@ a line in PREFIX-metrics.jsonl and the PREFIX-curve.png plot.
 """
 import dataclasses
 import logging
-import os
+import time
 
-from . import checkpoint, data, fit
-from .cli import UserError
-from .finetune import match_params
-from .report import MetricsLog
+from . import callbacks, schedule as sched
+from .. import checkpoint, evaluate, transforms
+from ..checkpoint import match_params
+from ..cli import UserError, nonnegative_int, positive_int
+from ..devices import KVSTORES, add_device_args
+from ..report import MetricsLog
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass
-class Schedule:
-    """Optimizer and learning-rate schedule; epochs count whole passes over the data."""
-    num_epochs: int = 8
-    lr: float = 0.01
-    mom: float = 0.0
-    wd: float = 0.0
-    kind: str = "step"  # or "cosine"
-    step_epochs: list = dataclasses.field(default_factory=list)
-    factor: float = 0.1
-    warmup_epochs: float = 0.0
+# ImageRecordIter takes a 32-bit seed.
+_SEED_MODULUS = 2 ** 31
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Everything about a run that is not the model, the data or the schedule.
 
-    batch_size: total over devices (and per worker with a dist kvstore).
-    image_shape: (C, H, W) network input. begin_epoch: 0, or the epoch to resume after.
+    prefix: checkpoint prefix. batch_size: total over devices (and per worker
+    with a dist kvstore). image_shape: (C, H, W) network input. data_threads:
+    decoding threads per iterator. top_k: the extra accuracy reported.
+    disp_batches: Speedometer period. seed: weights, order and augmentation.
+    dtype: 'float32' or 'float16'. begin_epoch: 0, or the epoch to resume after.
     """
     prefix: str
     batch_size: int
     image_shape: tuple
-    data_threads: int = 4
-    top_k: int = 5
-    disp_batches: int = 20
-    seed: int = 0
+    data_threads: int
+    top_k: int
+    disp_batches: int
+    seed: int
     dtype: str = "float32"
     begin_epoch: int = 0
+
+
+def add_fit_args(parser):
+    """The run argument group: devices, kvstore, batch, checkpoints, reporting, seed.
+
+    --batch-size defaults to the recipe's images per device (args.batch_per_device,
+    set by the entry script) times the number of devices.
+    """
+    fit = parser.add_argument_group("run")
+    add_device_args(fit)
+    fit.add_argument("--kv-store", choices=KVSTORES, default="device", help="gradient aggregation")
+    fit.add_argument("--batch-size", metavar="N", type=positive_int,
+                     help="total over all devices; must divide by their number "
+                          "(default: the recipe's images per device times the devices)")
+    fit.add_argument("--top-k", metavar="K", type=positive_int, default=5, help="also report top-k accuracy")
+    fit.add_argument("--disp-batches", metavar="N", type=positive_int, default=20, help="log speed every N batches")
+    fit.add_argument("--model-prefix", metavar="PREFIX",
+                     help="checkpoint prefix (default: model/DATAPREFIX-NETWORK-MODE)")
+    fit.add_argument("--load-epoch", metavar="N", type=positive_int,
+                     help="resume from PREFIX-EPOCH.params/.states of --model-prefix")
+    fit.add_argument("--seed", metavar="S", type=nonnegative_int, default=0,
+                     help="random seed (weights, shuffle, augmentation)")
+    return fit
 
 
 def check_resume(prefix, load_epoch, num_epochs):
@@ -53,28 +77,122 @@ def check_resume(prefix, load_epoch, num_epochs):
         return
     if load_epoch >= num_epochs:
         raise UserError(f"--load-epoch {load_epoch} leaves nothing to train with --num-epochs {num_epochs}")
-    for path in (checkpoint.symbol_path(prefix), checkpoint.params_path(prefix, load_epoch),
-                 checkpoint.states_path(prefix, load_epoch)):
-        if not os.path.isfile(path):
-            raise UserError(f"--load-epoch {load_epoch}: {path} not found (--model-prefix {prefix})")
-        checkpoint.verify_digest(path)
+    checkpoint.require_checkpoint(prefix, load_epoch, epoch_flag="--load-epoch", states=True)
 
 
 def run(model, dataset, contexts, kv, schedule, cfg):
-    """Train `model` on `dataset`; returns the last epoch's validation figures.
+    """Train `model` on `dataset`; returns the last epoch's callbacks.EpochEnd.
 
     A resume (cfg.begin_epoch > 0) expects check_resume to have passed.
     """
     module = _bind(model, contexts, cfg)
     _start(module, model, cfg)
-    epoch_size = fit.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
-    scheduler = fit.lr_scheduler(schedule.kind, schedule.lr, epoch_size, schedule.num_epochs,
-                                 schedule.step_epochs, schedule.factor, schedule.warmup_epochs)
-    module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=fit.optimizer_params(
-        schedule.lr, schedule.mom, schedule.wd, scheduler, cfg.dtype, cfg.begin_epoch * epoch_size))
+    epoch_size = sched.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
+    module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=sched.optimizer_params(
+        schedule, epoch_size=epoch_size, dtype=cfg.dtype, begin_epoch=cfg.begin_epoch))
     if cfg.begin_epoch:
         module.load_optimizer_states(checkpoint.states_path(cfg.prefix, cfg.begin_epoch))
-    return _epochs(module, dataset, kv, schedule, cfg)
+    batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0)
+
+    def train_data(epoch):
+        return transforms.record_iter(dataset.train, image_shape=cfg.image_shape,
+                                      batch_size=cfg.batch_size, train=True, threads=cfg.data_threads,
+                                      seed=epoch_seed(cfg.seed, epoch), num_parts=kv.num_workers,
+                                      part_index=kv.rank)
+
+    def validate(module):
+        return evaluate.evaluate_set(module, dataset.val, image_shape=cfg.image_shape,
+                                     batch_size=cfg.batch_size, threads=cfg.data_threads,
+                                     num_classes=dataset.num_classes, top_k=cfg.top_k).figures
+
+    return fit(module, epochs=range(cfg.begin_epoch + 1, schedule.num_epochs + 1), train_data=train_data,
+               validate=validate, metric=training_metric(cfg.top_k),
+               batch_end_callbacks=batch_end, epoch_end_callbacks=epoch_end)
+
+
+def default_callbacks(cfg, is_rank0):
+    """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, checkpoint, metrics."""
+    guard = callbacks.DivergenceGuard()
+    batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end]
+    # The guard comes first: nothing of a diverged epoch is logged as a result or saved.
+    epoch_end = [guard.epoch_end, callbacks.log_epoch(cfg.top_k)]
+    if is_rank0:
+        epoch_end += [callbacks.save_checkpoint(cfg.prefix),
+                      callbacks.write_metrics(MetricsLog(cfg.prefix, cfg.begin_epoch))]
+    return batch_end, epoch_end
+
+
+def epoch_seed(seed, epoch):
+    """The iterator seed of epoch `epoch` (1-based): its own per epoch, so that a resumed
+    run sees the same order and crops as an unbroken one."""
+    return (seed * 100003 + epoch - 1) % _SEED_MODULUS
+
+
+def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=()):
+    """Train a bound, initialized `module` for each epoch number in `epochs` (1-based).
+
+    train_data(epoch): a fresh training iterator for that epoch; validate(module):
+    the validation figures. Returns the last epoch's EpochEnd (None for no epoch).
+    A StopTraining from a callback ends the loop; it carries the last EpochEnd.
+    """
+    end = None
+    try:
+        for epoch in epochs:
+            images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks)
+            # Each device keeps its own BatchNorm statistics; get_params averages them.
+            # Every device takes that average, the one the checkpoint saves, so that
+            # validation and a resumed run use exactly what an unbroken run uses.
+            arg_params, aux_params = module.get_params()
+            module.set_params(arg_params, aux_params)
+            val = validate(module)
+            record = epoch_record(epoch, metric, val, sched.current_lr(module), images, seconds)
+            finished = callbacks.EpochEnd(epoch, module, arg_params, aux_params, record, val)
+            for callback in epoch_end_callbacks:
+                callback(finished)
+            end = finished
+    except callbacks.StopTraining as stop:
+        stop.last = end
+        raise
+    return end
+
+
+def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks):
+    """One pass over data_iter; returns (images seen, seconds)."""
+    import mxnet as mx
+    metric.reset()
+    images, tic = 0, time.time()
+    for nbatch, batch in enumerate(data_iter):
+        module.forward_backward(batch)
+        module.update()
+        # update_metric reads the outputs back, which also waits for this batch
+        module.update_metric(metric, batch.label)
+        images += batch.data[0].shape[0] - batch.pad
+        param = mx.model.BatchEndParam(epoch=epoch, nbatch=nbatch, eval_metric=metric,
+                                       locals={"module": module, "batch": batch})
+        for callback in batch_end_callbacks:
+            callback(param)
+    return images, time.time() - tic
+
+
+def training_metric(top_k):
+    import mxnet as mx
+    return mx.metric.CompositeEvalMetric([mx.metric.Accuracy(), mx.metric.TopKAccuracy(top_k),
+                                          mx.metric.CrossEntropy()])
+
+
+# MXNet metric name -> metrics.jsonl column; top_k_accuracy_K becomes train_topK.
+_TRAIN_COLUMNS = {"accuracy": "train_acc", "cross-entropy": "train_loss"}
+
+
+def epoch_record(epoch, metric, val, lr, images, seconds):
+    """One metrics.jsonl line: train and validation figures of epoch `epoch` (1-based)."""
+    record = {"epoch": epoch}
+    for name, value in metric.get_name_value():
+        top = name.rpartition("_")[2] if name.startswith("top_k_accuracy_") else None
+        record[f"train_top{top}" if top else _TRAIN_COLUMNS[name]] = value
+    record.update({f"val_{k}": v for k, v in val.items() if k != "images"})
+    record.update({"lr": lr, "images_per_sec": images / max(seconds, 1e-9), "seconds": seconds})
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
 
 
 def _bind(model, contexts, cfg):
@@ -95,45 +213,43 @@ def _start(module, model, cfg):
     """Initialize fresh, or load the checkpoint of the epoch to resume after."""
     arg_shapes, aux_shapes = _param_shapes(model.symbol, cfg.image_shape)
     if not cfg.begin_epoch:
-        fit.init_params(module, model, arg_shapes, aux_shapes, cfg.seed)
+        init_params(module, model, arg_shapes, aux_shapes, cfg.seed)
         return
     what = f"checkpoint {cfg.prefix} epoch {cfg.begin_epoch}"
-    _, args, aux = checkpoint.load_checkpoint(cfg.prefix, cfg.begin_epoch, what="--load-epoch checkpoint")
+    _, args, aux = checkpoint.load_checkpoint(cfg.prefix, cfg.begin_epoch, epoch_flag="--load-epoch")
     args = match_params(arg_shapes, args, "argument", what)
     aux = match_params(aux_shapes, aux, "auxiliary state", what)
     module.init_params(arg_params=args, aux_params=aux, allow_missing=False, force_init=True)
     log.info("resumed from %s", what)
 
 
-def _epochs(module, dataset, kv, schedule, cfg):
-    metric = fit.training_metric(cfg.top_k)
-    report = MetricsLog(cfg.prefix, cfg.begin_epoch) if kv.rank == 0 else None
-    for epoch in range(cfg.begin_epoch, schedule.num_epochs):
-        # A seed per epoch: a resumed run sees the same order and crops as an unbroken one.
-        train_iter = data.record_iter(dataset.train, cfg.image_shape, cfg.batch_size, True,
-                                      cfg.data_threads, seed=cfg.seed * 100003 + epoch,
-                                      num_parts=kv.num_workers, part_index=kv.rank)
-        images, seconds = fit.train_epoch(module, train_iter, metric, epoch, cfg.batch_size,
-                                          cfg.disp_batches)
-        # Each device keeps its own BatchNorm statistics; get_params averages them.
-        # Every device takes that average, the one the checkpoint saves, so that
-        # validation and a resumed run use exactly what an unbroken run uses.
-        module.set_params(*module.get_params())
-        val = fit.validate(module, dataset.val, cfg.image_shape, cfg.batch_size, cfg.data_threads,
-                           dataset.num_classes, cfg.top_k)
-        record = fit.epoch_record(epoch + 1, metric, val, fit.current_lr(module), images, seconds, cfg.top_k)
-        fit.check_finite(record)
-        log.info("Epoch[%d] Validation: acc=%.4f top%d=%.4f mean_class_acc=%.4f loss=%.4f "
-                 "(%.1f images/s)", epoch, val["acc"], cfg.top_k, val[f"top{cfg.top_k}"],
-                 val["mean_class_acc"], val["loss"], record["images_per_sec"])
-        if report is not None:
-            _save(module, cfg.prefix, epoch + 1)
-            report.append(record)
-    return val
+def initializer():
+    """Xavier(gaussian, in, magnitude 2) for new weights, as in the published recipe;
+    biases and BatchNorm parameters get their usual constants (by name suffix)."""
+    import mxnet as mx
+    return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
 
 
-def _save(module, prefix, epoch):
-    arg_params, aux_params = module.get_params()
-    checkpoint.save_checkpoint(prefix, epoch, module.symbol, arg_params, aux_params)
-    checkpoint.save_file_atomic(checkpoint.states_path(prefix, epoch), module.save_optimizer_states)
-    log.info("saved %s", checkpoint.params_path(prefix, epoch))
+def init_params(module, model, arg_shapes, aux_shapes, seed):
+    """Load the model's arrays and initialize exactly `model.fresh` (plus missing aux).
+
+    Every argument is then set explicitly (allow_missing=False): nothing can be
+    initialized by accident.
+    """
+    import mxnet as mx
+    mx.random.seed(seed)
+    init = initializer()
+    # Variables may carry their own initializer (BatchNorm's moving mean/var do).
+    attrs = model.symbol.attr_dict()
+
+    def fresh(name, shape):
+        array = mx.nd.zeros(shape)
+        init(mx.init.InitDesc(name, attrs.get(name, {})), array)
+        return array
+
+    args = dict(model.arg_params)
+    args.update({name: fresh(name, arg_shapes[name]) for name in model.fresh})
+    aux = dict(model.aux_params)
+    aux.update({name: fresh(name, shape) for name, shape in aux_shapes.items() if name not in aux})
+    module.init_params(arg_params=args, aux_params=aux, allow_missing=False, allow_extra=False,
+                       force_init=True)

@@ -7,9 +7,8 @@ file that fails the check is fetched again and must then match the record.
 import logging
 import os
 
-from . import download as dl
-from .checkpoint import params_path, record_digest, recorded_digest, symbol_path
-from .cli import UserError
+from ..checkpoint import record_digest, recorded_digest, require_checkpoint, symbol_path, params_path
+from ..prep import download as dl
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,14 @@ def resolve_pretrained(name_or_prefix, epoch, model_dir, base_url=ZOO_URL):
     """
     if name_or_prefix in MODELS:
         return fetch(name_or_prefix, model_dir, base_url)
-    missing = [p for p in (symbol_path(name_or_prefix), params_path(name_or_prefix, epoch))
-               if not os.path.isfile(p)]
-    if missing:
-        raise UserError(f"--pretrained-model {name_or_prefix}: not a zoo name "
-                        f"({', '.join(sorted(MODELS))}) and {missing[0]} does not exist")
+    require_checkpoint(name_or_prefix, epoch, **pretrained_flags(verify=False))
     return name_or_prefix, epoch
+
+
+def pretrained_flags(**extra):
+    """require_checkpoint's arguments for a --pretrained-model that is not a zoo name."""
+    return dict(prefix_flag="--pretrained-model", epoch_flag="--pretrained-epoch",
+                note=f" (and it is not a zoo name: {', '.join(sorted(MODELS))})", **extra)
 
 
 def fetch(name, model_dir, base_url=ZOO_URL):

@@ -10,36 +10,38 @@ The fourth use of a pretrained network, predicting without training, is predict.
 import dataclasses
 import logging
 
-from . import finetune, modelzoo
-from .checkpoint import load_checkpoint
-from .cli import UserError
+import symbols
+from . import modelzoo, surgery
+from ..checkpoint import load_checkpoint
+from ..cli import UserError, float_range, nonnegative_int
+from ..devices import DTYPES
 
 log = logging.getLogger(__name__)
 
-_IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
-_SMALL_INPUT_DEPTHS = (20, 32, 44, 56, 110)
-NETWORKS = tuple(f"resnet-{d}" for d in sorted(_IMAGENET_DEPTHS + _SMALL_INPUT_DEPTHS))
 MODES = ("full", "last-layer", "scratch")
-DTYPES = ("float32", "float16")
 
 
 def add_model_args(parser):
-    """The model argument group (network, pretrained weights, mode)."""
+    """The model argument group (network, pretrained weights, mode).
+
+    --network and --layer-before-fullc have no default here: the entry script's
+    recipe sets them (train_caltech.py RECIPE).
+    """
     model = parser.add_argument_group("model")
-    model.add_argument("--network", choices=NETWORKS, default="resnet-50",
+    model.add_argument("--network", choices=list(symbols.NETWORKS),
                        help="symbols/ network: used by --mode scratch, and to pick the default "
                             "--pretrained-model and --model-prefix")
     model.add_argument("--mode", choices=MODES, default="full", help="what trains (see README)")
     model.add_argument("--pretrained-model", metavar="NAME|PREFIX",
                        help="model-zoo name (" + ", ".join(modelzoo.MODELS) + ") or a local "
                             "checkpoint prefix (default: imagenet1k-NETWORK)")
-    model.add_argument("--pretrained-epoch", metavar="N", type=int, default=0,
+    model.add_argument("--pretrained-epoch", metavar="N", type=nonnegative_int, default=0,
                        help="epoch of a local pretrained checkpoint (zoo names know theirs)")
     model.add_argument("--model-dir", metavar="DIR", default="model",
                        help="where zoo checkpoints are downloaded")
-    model.add_argument("--layer-before-fullc", metavar="LAYER", default="flatten0",
+    model.add_argument("--layer-before-fullc", metavar="LAYER",
                        help="cut the pretrained network at this layer's output")
-    model.add_argument("--lr-mult-pretrained", metavar="X", type=float, default=1.0,
+    model.add_argument("--lr-mult-pretrained", metavar="X", type=float_range(0), default=1.0,
                        help="--mode full: learning-rate multiplier of pretrained layers (e.g. 0.1)")
     model.add_argument("--dtype", choices=DTYPES, default="float32",
                        help="compute type; float16 keeps float32 master weights (multi_precision)")
@@ -52,7 +54,7 @@ class Model:
 
     arg_params/aux_params: arrays to load; fresh: argument names to initialize;
     fixed: argument names that must not change (the backbone in last-layer
-    mode; in every mode the gammas BatchNorm ignores, see finetune.fixed_gammas).
+    mode; in every mode the gammas BatchNorm ignores, see surgery.fixed_gammas).
     """
     symbol: object
     arg_params: dict
@@ -63,42 +65,40 @@ class Model:
 
 def network_symbol(network, num_classes, image_shape, dtype="float32"):
     """The symbols/ network called `network` ('resnet-50') with a fresh fc1/softmax."""
-    from symbols import resnet
-    if network not in NETWORKS:
-        raise UserError(f"--network {network}: valid: {', '.join(NETWORKS)}")
+    if network not in symbols.NETWORKS:
+        raise UserError(f"--network {network}: valid: {', '.join(symbols.NETWORKS)}")
     try:
-        return resnet.get_symbol(num_classes=num_classes, num_layers=int(network.split("-")[1]),
-                                 image_shape=image_shape, dtype=dtype)
+        return symbols.get_symbol(network, num_classes=num_classes, image_shape=image_shape, dtype=dtype)
     except ValueError as exc:
         raise UserError(f"--network {network} with --image-shape {','.join(map(str, image_shape))}: {exc}") from None
 
 
-def build_model(mode, network, num_classes, image_shape, dtype="float32", pretrained=None,
+def build_model(*, mode, network, num_classes, image_shape, dtype="float32", pretrained=None,
                 pretrained_epoch=0, model_dir="model", layer="flatten0", lr_mult_pretrained=1.0):
     """The Model for `mode`; see the module docstring."""
     if lr_mult_pretrained != 1.0 and mode != "full":
-        raise UserError(f"--lr-mult-pretrained {lr_mult_pretrained} applies to --mode full only "
+        raise UserError(f"--lr-mult-pretrained {lr_mult_pretrained:g} applies to --mode full only "
                         f"(--mode {mode} was given)")
     if mode == "scratch":
         symbol = network_symbol(network, num_classes, image_shape, dtype)
         return Model(symbol, {}, {}, fresh=_trainable(symbol), fixed=_fixed(symbol, []))
-    surgery = pretrained_surgery(network, num_classes, image_shape, dtype, pretrained,
-                                 pretrained_epoch, model_dir, layer)
-    symbol, frozen = surgery.symbol, []
+    cut = pretrained_surgery(network=network, num_classes=num_classes, image_shape=image_shape,
+                             dtype=dtype, pretrained=pretrained, pretrained_epoch=pretrained_epoch,
+                             model_dir=model_dir, layer=layer)
+    symbol, frozen = cut.symbol, []
     if mode == "last-layer":
-        symbol = finetune.freeze_batchnorm(symbol, finetune.operator_names(symbol, "BatchNorm"))
-        frozen = surgery.backbone
+        symbol = surgery.freeze_batchnorm(symbol, surgery.operator_names(symbol, "BatchNorm"))
+        frozen = cut.backbone
     elif lr_mult_pretrained != 1.0:
-        symbol = finetune.set_lr_mult(symbol, set(surgery.backbone), lr_mult_pretrained)
-    return Model(symbol, surgery.loaded_args, surgery.loaded_aux, fresh=surgery.head,
-                 fixed=_fixed(symbol, frozen))
+        symbol = surgery.set_lr_mult(symbol, set(cut.backbone), lr_mult_pretrained)
+    return Model(symbol, cut.loaded_args, cut.loaded_aux, fresh=cut.head, fixed=_fixed(symbol, frozen))
 
 
 def _fixed(symbol, frozen):
-    return sorted(set(frozen) | finetune.fixed_gammas(symbol))
+    return sorted(set(frozen) | surgery.fixed_gammas(symbol))
 
 
-def pretrained_surgery(network, num_classes, image_shape, dtype, pretrained, pretrained_epoch,
+def pretrained_surgery(*, network, num_classes, image_shape, dtype, pretrained, pretrained_epoch,
                        model_dir, layer):
     """Load the pretrained checkpoint (zoo or local) and fit it with a new head."""
     name = pretrained or modelzoo.default_pretrained(network)
@@ -106,11 +106,12 @@ def pretrained_surgery(network, num_classes, image_shape, dtype, pretrained, pre
         raise UserError(f"--network {network} has no model-zoo checkpoint; pass --pretrained-model "
                         f"PREFIX (or --mode scratch)")
     prefix, epoch = modelzoo.resolve_pretrained(name, pretrained_epoch, model_dir)
-    symbol, args, aux = load_checkpoint(prefix, epoch, what="pretrained model")
-    surgery = finetune.build(symbol, args, aux, num_classes, layer, (1,) + tuple(image_shape), dtype)
+    flags = {} if name in modelzoo.MODELS else modelzoo.pretrained_flags()
+    symbol, args, aux = load_checkpoint(prefix, epoch, **flags)
+    cut = surgery.build(symbol, args, aux, num_classes, layer, (1,) + tuple(image_shape), dtype)
     log.info("pretrained model %s (epoch %d), cut at %s", prefix, epoch, layer)
-    finetune.log_surgery(surgery)
-    return surgery
+    surgery.log_surgery(cut)
+    return cut
 
 
 def _trainable(symbol):

@@ -10,7 +10,8 @@ import dataclasses
 import json
 import logging
 
-from .cli import UserError
+from ..checkpoint import match_params
+from ..cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -134,23 +135,6 @@ def build(symbol, arg_params, aux_params, num_classes, layer, data_shape, dtype=
     loaded_aux = match_params(aux, aux_params, "auxiliary state", "pretrained checkpoint")
     dropped = sorted((set(arg_params) - set(loaded_args)) | (set(aux_params) - set(loaded_aux)))
     return Surgery(new_symbol, loaded_args, loaded_aux, head, dropped)
-
-
-def match_params(expected, params, kind, what):
-    """{name: checkpoint array} for every expected {name: shape}, or UserError.
-
-    kind: 'argument' or 'auxiliary state'; what: the checkpoint, for the message.
-    """
-    missing = sorted(name for name in expected if name not in params)
-    wrong = sorted(f"{name} {tuple(params[name].shape)} != {tuple(shape)}"
-                   for name, shape in expected.items()
-                   if name in params and tuple(params[name].shape) != tuple(shape))
-    if missing or wrong:
-        problems = ([f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")]
-                    if missing else []) + [f"shape {w}" for w in wrong[:5]]
-        raise UserError(f"{what} does not fit the network: {len(missing)} {kind}(s) "
-                        f"missing, {len(wrong)} of another shape: {'; '.join(problems)}")
-    return {name: params[name] for name in expected}
 
 
 def log_surgery(surgery):

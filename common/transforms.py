@@ -1,0 +1,145 @@
+"""The one image pipeline, side by side: packing, the iterators, and predict.py.
+
+An image reaches the network through two paths that must agree exactly:
+
+  packed:  decode_image -> resize_shorter -> JPEG in a .rec      (prepare_data.sh)
+           -> record_iter: decode, center crop (validation)       (training, score.py)
+  direct:  preprocess = decode_image -> resize_shorter -> fit_to_crop -> center_crop
+                                                                  (predict.py)
+
+Both end in raw 0-255 RGB floats, (C, H, W): no mean/std, the zoo's ResNets
+normalize with their bn_data layer. tests/test_rules.py feeds the same images
+through both and compares.
+
+Nothing here imports MXNet at module level: prepare_data.sh's spawned workers
+use this module and must stay light (record_iter imports it when called).
+"""
+import argparse
+
+import cv2
+import numpy as np
+
+from .cli import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
+                              ".ppm", ".pgm", ".pbm"})
+
+
+class UnreadableImage(UserError):
+    """An image file that cannot be read or decoded; the message names it and why."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def image_shape(text):
+    """argparse type: 'C,H,W' -> (C, H, W) ints."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected channels,height,width like 3,224,224, got {text!r}")
+    return shape
+
+
+def decode_image(path):
+    """Decode an image file as a 3-channel BGR uint8 array.
+
+    Grayscale, CMYK, 16-bit and alpha images all come back as 3 channels.
+    Returns (array, None) or (None, reason).
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror}"
+    if data.size == 0:
+        return None, "empty file (0 bytes)"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        return None, "OpenCV cannot decode it"
+    return image, None
+
+
+def resize_shorter(image, size):
+    """Resize an HxWxC image so its shorter side is `size` px (0: unchanged).
+
+    Like im2rec, the longer side is floor(long * size / short). INTER_AREA when
+    shrinking (it averages instead of aliasing), INTER_LINEAR when enlarging.
+    """
+    height, width = image.shape[:2]
+    if size <= 0 or min(height, width) == size:
+        return image
+    if height <= width:
+        new_h, new_w = size, max(1, width * size // height)
+    else:
+        new_h, new_w = max(1, height * size // width), size
+    shrink = size < min(height, width)
+    return cv2.resize(image, (new_w, new_h),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def fit_to_crop(image, height, width):
+    """Enlarge an HxWx3 image smaller than the crop, as MXNet 1.9.1's ImageRecordIter does.
+
+    The versions of the augmenter's source we could read (src/io/image_aug_default.cc)
+    stop there with a CHECK 'input image size smaller than input shape'; the 1.9.1
+    wheel does not fail but resizes (bilinear) an image shorter than `height` to that
+    height, its width scaled and floored, then one narrower than `width` to that width,
+    its height scaled and floored. Measured, and checked for square and non-square
+    crops by the tests. Images at least the crop's size are returned as is.
+    """
+    rows, cols = image.shape[:2]
+    if rows < height:
+        cols = cols * height // rows
+        rows = height
+        image = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    if cols < width:
+        rows = rows * width // cols
+        image = cv2.resize(image, (width, rows), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+def center_crop(image, height, width):
+    """The height x width window at offset ((h-height)//2, (w-width)//2), as rand_crop=False does."""
+    rows, cols = image.shape[:2]
+    top, left = (rows - height) // 2, (cols - width) // 2
+    return image[top:top + height, left:left + width]
+
+
+def preprocess(path, resize, image_shape):
+    """The (C, H, W) float32 RGB 0-255 array validation would feed for this image file.
+
+    resize: shorter side in px before cropping (0: keep), as prepare_data.sh packs.
+    image_shape: (3, H, W). Raises UnreadableImage naming the file and the reason.
+    """
+    channels, height, width = image_shape
+    if channels != 3:
+        raise UserError(f"--image-shape {channels},{height},{width}: only 3-channel (RGB) input "
+                        f"is supported for image files")
+    image, reason = decode_image(path)
+    if reason:
+        raise UnreadableImage(path, reason)
+    image = center_crop(fit_to_crop(resize_shorter(image, resize), height, width), height, width)
+    # BGR -> RGB, HWC -> CHW; copy: the crop is a view into the whole image
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+
+
+def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0,
+                num_parts=1, part_index=0):
+    """An ImageRecordIter with the project's one preprocessing recipe.
+
+    Training: true global shuffle through the .idx, random crop and mirror.
+    Validation/scoring: file order and center crop. Use a fresh iterator per pass
+    and keep only the first N outputs: MXNet 1.9.1 misreports the padding of the
+    last batch (see common/evaluate.py).
+    seed: shuffle and augmentation seed; give each epoch its own for an exact resume.
+    """
+    import mxnet as mx
+    return mx.io.ImageRecordIter(
+        path_imgrec=record_set.rec, path_imgidx=record_set.idx, label_width=1,
+        data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
+        batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
+        round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
+        num_parts=num_parts, part_index=part_index, verbose=False)
