@@ -8,6 +8,10 @@ Images get the validation pipeline (shorter side to --resize, center crop to
 --image-shape); defaults come from the training run's PREFIX-args.json and data.
 Exit status 1 if any file could not be read (the others are still predicted).
 """
+from common import venv
+
+venv.ensure("predict.py")  # before the imports below, which need the requirements
+
 import json
 import logging
 import os
@@ -40,7 +44,6 @@ def main(argv=None):
     if not args.verbose:
         # stderr carries only problems, one line each: MXNet's bind notice goes too
         logging.getLogger().setLevel(logging.WARNING)
-        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
     files, problems = infer_predict.find_images(args.paths)
     for path, reason in problems:
         print(f"predict.py: {path}: {reason}", file=sys.stderr)

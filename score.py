@@ -6,14 +6,18 @@
 
 Every image of the set is counted exactly once, with the validation pipeline of
 training (center crop to --image-shape). Writes score.json, per_class.csv,
-confusion.csv and confusion.png to --out-dir (default PREFIX-score-EPOCH/).
+confusion.csv and confusion.png to --out-dir (default PREFIX-score-EPOCH-SET/).
 """
+from common import venv
+
+venv.ensure("score.py")  # before the imports below, which need the requirements
+
 import datetime
 import logging
 import os
 import sys
 
-from common import cli, devices, evaluate, records, report
+from common import cli, devices, evaluate, fsutil, records, report
 from common.infer import model as infer_model, score as infer_score, settings
 
 log = logging.getLogger("score")
@@ -36,14 +40,28 @@ def main(argv=None):
     """Score, write the reports, print the summary; returns the score.json dict."""
     args = get_parser().parse_args(argv)
     cli.setup_logging()
-    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # the log below says what was bound
     records.require_record_files(args.data_val, "--data-val")
     shape = settings.resolve_image_shape(args.image_shape, settings.recorded_args(args.model_prefix))
     contexts = devices.contexts(args.gpus, args.cpus)
     model = infer_model.load_model(args.model_prefix, args.epoch, shape.value, contexts, args.batch_size)
     top_k = settings.resolve_top_k(args.top_k, TOP_K, model.num_classes)
     classes = settings.resolve_classes(args.classes, args.model_prefix, model.num_classes)
+    infer_score.check_class_map(classes, args.data_val)
     record_set = records.check_record_set(args.data_val, model.num_classes, "--data-val")
+    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val)
+    out_dir = args.out_dir or infer_score.default_out_dir(args.model_prefix, args.epoch, args.data_val)
+    infer_score.check_out_dir(out_dir, identity)
+    try:
+        with fsutil.output_folder(out_dir):
+            figures = _score_and_write(args, model, record_set, classes, shape, contexts, top_k, out_dir)
+    except fsutil.CannotCreate as exc:
+        raise cli.UserError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
+    _print_summary(figures, top_k, out_dir)
+    return figures
+
+
+def _score_and_write(args, model, record_set, classes, shape, contexts, top_k, out_dir):
+    """Evaluate every image of the set and write the four report files; returns score.json's dict."""
     log.info("scoring %s epoch %d (%d classes, names: %s) on the %d images of %s; input %s (%s), "
              "batch %d on %s", args.model_prefix, args.epoch, model.num_classes, classes.source,
              len(record_set), args.data_val, shape.value, shape.source, args.batch_size,
@@ -51,13 +69,12 @@ def main(argv=None):
     score = evaluate.evaluate_set(model.module, record_set, image_shape=model.image_shape,
                                   batch_size=model.batch_size, threads=args.data_nthreads,
                                   num_classes=model.num_classes, top_k=top_k)
-    out_dir = args.out_dir or f"{args.model_prefix}-score-{args.epoch:04d}"
-    figures = _report(args, model, classes, shape, contexts, top_k, score)
+    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val)
+    figures = dict(identity, **_report(args, model, classes, shape, contexts, top_k, score))
     rows = report.per_class_rows(score.counts, score.hits, classes.value)
     title = (f"{os.path.basename(args.model_prefix)} epoch {args.epoch} on "
              f"{os.path.basename(args.data_val)}: top-1 {figures['acc']:.2%} ({figures['images']} images)")
     infer_score.write_score_files(out_dir, figures, score.matrix, rows, classes.value, title)
-    _print_summary(figures, top_k, out_dir)
     return figures
 
 
@@ -65,7 +82,6 @@ def _report(args, model, classes, shape, contexts, top_k, score):
     """score.json: every figure and the conditions it was measured under."""
     figures = score.figures
     return {
-        "model_prefix": args.model_prefix, "epoch": args.epoch, "data_val": args.data_val,
         "num_classes": model.num_classes, "top_k": top_k, **figures,
         "classes": classes.source if classes.value else None,
         "conditions": {

@@ -8,6 +8,10 @@ Defaults are the published Caltech-256 recipe (RECIPE below): SGD lr 0.01 (no
 momentum, no weight decay), 16 images per device, random 224 crop + mirror of
 256-px images, Xavier(gaussian, in, 2) for the new layer, 8 epochs.
 """
+from common import venv
+
+venv.ensure("train_caltech.py")  # before the imports below, which need the requirements
+
 import json
 import logging
 import os
@@ -46,12 +50,16 @@ def get_parser():
 
 
 def main(argv=None):
+    """Train; returns the last epoch's validation figures (the `final:` line)."""
     args = get_parser().parse_args(argv)
-    cli.setup_logging()
+    cli.setup_logging(log_file_later=True)
+    log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
+             extra=cli.FILE_ONLY)
     contexts = devices.contexts(args.gpus, args.cpus)
     devices.check_dtype(args.dtype, contexts)
     batch_size = args.batch_size or args.batch_per_device * len(contexts)
     devices.per_device_batch(batch_size, len(contexts))
+    args.prefix = records.find_prefix(args.data_dir, args.prefix, args.data_train)  # args.json records it
     dataset = records.load_dataset(args.data_dir, args.prefix, args.data_train, args.data_val,
                                    args.classes, args.num_classes, args.num_examples)
     evaluate.check_top_k(args.top_k, dataset.num_classes)
@@ -69,11 +77,13 @@ def main(argv=None):
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, begin_epoch=args.load_epoch or 0)
     try:
-        end = loop.run(net, dataset, contexts, kv, schedule.schedule_from_args(args), cfg)
+        val = loop.run(net, dataset, contexts, kv, schedule.schedule_from_args(args), cfg).val
+    except (cli.UserError, OSError) as exc:
+        log.error("%s", exc, extra=cli.FILE_ONLY)  # the console gets it from run_entry
+        raise
     finally:
         if log_file is not None:
             cli.remove_log_file(log_file)
-    val = end.val
     print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
     return val

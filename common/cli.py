@@ -6,8 +6,10 @@ below reports its own errors the same way, and `run_entry` turns both into exit
 codes.
 """
 import argparse
+import collections
 import logging
 import math
+import os
 import sys
 
 from tqdm import tqdm
@@ -107,21 +109,73 @@ def mxnet_reason(exc):
     return next((line for line in lines if not line.startswith(frames)), type(exc).__name__)
 
 
-def setup_logging(verbose=False):
-    """Configure the root logger once; called by entry points only."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# logging `extra` for a record that belongs in the run's log file but would only
+# clutter the console (full parameter lists, an error run_entry prints anyway).
+FILE_ONLY = {"file_only": True}
+
+
+class _Console(logging.StreamHandler):
+    """The console handler: stderr as it is at each record (tests swap sys.stderr),
+    without FILE_ONLY records."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%H:%M:%S"))
+        self.addFilter(lambda record: not getattr(record, "file_only", False))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; stderr is looked up instead
+        pass
+
+
+class _EarlyRecords(logging.Handler):
+    """Holds the records logged before a run's log file exists; add_log_file writes them first."""
+
+    def __init__(self, capacity=100000):
+        super().__init__()
+        self.records = collections.deque(maxlen=capacity)
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def setup_logging(verbose=False, log_file_later=False):
+    """Configure the root logger; called by entry points only (again in the same process: no-op).
+
+    log_file_later: keep every record from now on, so that the log file the run
+    opens later (add_log_file) holds the whole log, warnings included.
+    """
+    # MXNet logs "Subgraph backend MKLDNN is activated" at every bind unless told not to.
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in [h for h in root.handlers if isinstance(h, (_Console, _EarlyRecords))]:
+        root.removeHandler(handler)
+    root.addHandler(_Console())
+    if log_file_later:
+        root.addHandler(_EarlyRecords())
+    logging.captureWarnings(True)  # Python warnings (MXNet's, numpy's) become log records
 
 
 def add_log_file(path):
-    """Also write the log to `path` (appending: a resumed run continues it).
+    """Also write the log to `path` (appending: a resumed run continues it), starting
+    with what was logged since setup_logging(log_file_later=True).
 
     Returns the handler; remove_log_file(handler) detaches and closes it.
     """
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root = logging.getLogger()
+    for early in [h for h in root.handlers if isinstance(h, _EarlyRecords)]:
+        root.removeHandler(early)
+        for record in early.records:
+            handler.handle(record)
+    root.addHandler(handler)
     return handler
 
 

@@ -30,6 +30,38 @@ def atomic_output(path):
             os.remove(tmp)
 
 
+class CannotCreate(OSError):
+    """output_folder could not create the folder itself (not an error inside its block)."""
+
+
+@contextlib.contextmanager
+def output_folder(path):
+    """Create folder `path` (and missing parents) for the block's output.
+
+    If the block fails, the folders this call created are removed again as long
+    as they are still empty: a failed run leaves no empty folder behind, and
+    never removes one that existed before or that holds anything.
+    Raises CannotCreate (an OSError) when the folder cannot be created.
+    """
+    created, head = [], os.path.abspath(path)
+    while not os.path.exists(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CannotCreate(exc.errno, exc.strerror, path) from None
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty (or gone): keep it and everything above it
+        raise
+
+
 def write_text_atomic(path, text):
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 _MAGIC = 0xCED7230A  # dmlc RecordIO record start
 _LENGTH_MASK = (1 << 29) - 1
 _IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: mx.recordio.IRHeader
+_TRAIN_SUFFIX = "-train.rec"
 
 
 def add_data_args(parser):
@@ -28,7 +29,8 @@ def add_data_args(parser):
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", metavar="DIR", default="data",
                       help="folder prepare_data.sh wrote")
-    data.add_argument("--prefix", default="caltech256", help="prepare_data.sh's --prefix")
+    data.add_argument("--prefix", help="prepare_data.sh's --prefix: the sets are DATA_DIR/PREFIX-train.rec "
+                      "and -val.rec (default: the one dataset in --data-dir)")
     data.add_argument("--data-train", metavar="REC", help="training .rec (default: DATA_DIR/PREFIX-train.rec)")
     data.add_argument("--data-val", metavar="REC", help="validation .rec (default: DATA_DIR/PREFIX-val.rec)")
     data.add_argument("--classes", metavar="FILE", help="class names, one per line "
@@ -67,6 +69,30 @@ class Dataset:
         return len(self.classes)
 
 
+def find_prefix(data_dir, prefix=None, data_train=None):
+    """The dataset prefix: `prefix`, else the name of --data-train, else the one dataset in data_dir.
+
+    Raises UserError when data_dir holds no PREFIX-train.rec, or several (naming them).
+    """
+    if prefix:
+        return prefix
+    if data_train:
+        name = os.path.basename(data_train)
+        return name[:-len(_TRAIN_SUFFIX)] if name.endswith(_TRAIN_SUFFIX) else os.path.splitext(name)[0]
+    try:
+        found = sorted(n[:-len(_TRAIN_SUFFIX)] for n in os.listdir(data_dir) if n.endswith(_TRAIN_SUFFIX))
+    except OSError as exc:
+        raise UserError(f"--data-dir {data_dir}: {exc.strerror} (prepare_data.sh --out DIR writes the "
+                        f"sets there)") from None
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"--data-dir {data_dir} holds no PREFIX{_TRAIN_SUFFIX} (prepare_data.sh --out "
+                        f"{data_dir} writes one), or name the sets with --data-train/--data-val")
+    raise UserError(f"--data-dir {data_dir} holds {len(found)} datasets ({', '.join(found)}); "
+                    f"choose one with --prefix")
+
+
 def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
                  num_classes=None, num_examples=None):
     """Find, check and describe the train/val sets.
@@ -76,7 +102,7 @@ def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
     """
     train_rec = data_train or os.path.join(data_dir, f"{prefix}-train.rec")
     val_rec = data_val or os.path.join(data_dir, f"{prefix}-val.rec")
-    class_file = classes or os.path.join(os.path.dirname(train_rec), "classes.txt")
+    class_file = classes or class_list_path(train_rec)
     names = read_classes(class_file)
     if num_classes is not None and num_classes != len(names):
         raise UserError(f"--num-classes {num_classes} does not match the data: "
@@ -87,6 +113,11 @@ def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
                         f"{train.idx} indexes {len(train)} records")
     val = check_record_set(val_rec, len(names), "--data-val" if data_val else None)
     return Dataset(train, val, names, class_file)
+
+
+def class_list_path(rec):
+    """The class list prepare_data.sh wrote for the set `rec`: classes.txt beside it."""
+    return os.path.join(os.path.dirname(rec), "classes.txt")
 
 
 def read_classes(path):

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import types
@@ -25,10 +26,8 @@ from common import cli, records, transforms
 from common.transforms import IMAGE_EXTENSIONS
 from common.infer import model as infer_model, predict as infer_predict, settings
 from common.prep.imagefolder import read_lst
-from common.prep.pack import pack_set
 from common.report import read_metrics
 from tests import trainkit
-from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
@@ -75,62 +74,19 @@ def iterator_images(rec, image_shape, count, batch_size=4):
     return np.concatenate([batch.data[0].asnumpy() for batch in batches])[:count]
 
 
-def record_payloads(rec, folder):
-    """Write each record's image bytes (the re-encoded JPEG) to folder/N.jpg; their paths."""
-    idx = os.path.splitext(rec)[0] + ".idx"
-    reader = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
-    paths = []
-    for key in reader.keys:
-        _, payload = mx.recordio.unpack(reader.read_idx(key))
-        paths.append(os.path.join(folder, f"{key}.jpg"))
-        with open(paths[-1], "wb") as f:
-            f.write(payload)
-    reader.close()
-    return paths
-
-
 # ---------------------------------------------------------------- preprocess
 
-def test_preprocess_matches_the_validation_iterator(run, tmp_path):
-    """Same packed image -> same network input, with odd and even crop margins."""
-    paths = record_payloads(run.val_rec, str(tmp_path))
-    expected = iterator_images(run.val_rec, SHAPE, len(paths))
-    margins = set()
-    for path, want in zip(paths, expected):
-        got = transforms.preprocess(path, trainkit.RESIZE, SHAPE)
-        assert got.shape == SHAPE and got.dtype == np.float32
-        assert np.abs(got - want).max() <= 1, path  # measured: 0 (bit-identical)
-        height, width = cv2.imread(path).shape[:2]
-        margins.update({(height - SHAPE[1]) % 2, (width - SHAPE[2]) % 2})
-    assert margins == {0, 1}  # (h-H)//2 rounding was exercised both ways
-
-
 def test_preprocess_of_the_original_file_differs_only_by_jpeg_loss(run):
-    """The original file resized here gives the packed image up to its JPEG re-encoding."""
+    """The original file resized here gives the packed image up to its JPEG re-encoding.
+
+    (That the packed image itself gives exactly the iterator's input is rule 3 of
+    tests/test_rules.py.)"""
     expected = iterator_images(run.val_rec, SHAPE, len(run.val))
     for (_, path), want in zip(run.val, expected):
         diff = np.abs(transforms.preprocess(path, trainkit.RESIZE, SHAPE) - want)
         # The images are colour + uniform noise of +-40: a crop off by one pixel
         # differs by ~27 on average, JPEG q95 re-encoding by ~3.5.
         assert diff.mean() < 6, path
-
-
-@pytest.mark.parametrize("image_shape", [(3, 16, 16), (3, 16, 24), (3, 24, 16)])
-def test_preprocess_enlarges_small_images_like_image_record_iter(tmp_path, image_shape):
-    """Images smaller than the crop: MXNet 1.9.1 enlarges them (height first, then width)."""
-    sizes = [(10, 12), (20, 12), (12, 30), (7, 9), (15, 15), (13, 17), (30, 14)]
-    rng = np.random.default_rng(0)
-    for i, (height, width) in enumerate(sizes):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), class_image(rng, i, height, width))
-    rec, idx = str(tmp_path / "small.rec"), str(tmp_path / "small.idx")
-    pack_set(str(tmp_path), [(0, f"{i}.png") for i in range(len(sizes))], rec, idx,
-             resize=0, quality=95, workers=1, desc="pack")
-    os.makedirs(tmp_path / "payload")
-    paths = record_payloads(rec, str(tmp_path / "payload"))
-    expected = iterator_images(rec, image_shape, len(sizes))
-    for path, want in zip(paths, expected):
-        got = transforms.preprocess(path, 0, image_shape)
-        assert np.abs(got - want).max() <= 1, (path, image_shape)
 
 
 def test_center_crop_and_fit_to_crop_shapes():
@@ -393,7 +349,76 @@ def test_score_counts_every_image_once_with_any_batch_size(run, entry_state):
     assert round(report["mean_class_acc"], 6) == epoch2["val_mean_class_acc"]
     assert report["loss"] == pytest.approx(epoch2["val_loss"], abs=1e-4)
     assert report[f"top{NUM_CLASSES}"] == 1.0
-    check_report_files(pathlib.Path(f"{run.prefix}-score-0002"), run, report)
+    check_report_files(pathlib.Path(f"{run.prefix}-score-0002-caltech256-val"), run, report)
+
+
+def copy_set(run, folder, class_names):
+    """The validation set copied into `folder` with its own classes.txt."""
+    os.makedirs(folder)
+    for suffix in (".rec", ".idx", ".lst"):
+        shutil.copy(run.val_rec[:-4] + suffix, folder)
+    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{name}\n" for name in class_names)
+    return os.path.join(folder, os.path.basename(run.val_rec))
+
+
+@pytest.mark.parametrize("change", ["renamed", "reordered", "fewer"])
+def test_score_refuses_a_set_labelled_by_another_class_list(run, tmp_path, change):
+    names = {"renamed": run.classes[:2] + ["999.other"] + run.classes[3:],
+             "reordered": [run.classes[1], run.classes[0]] + run.classes[2:],
+             "fewer": run.classes[:3]}[change]
+    rec = copy_set(run, str(tmp_path / "other"), names)
+    result = run_script("score.py", "--model-prefix", run.prefix, "--epoch", EPOCHS, "--data-val", rec,
+                        "--out-dir", tmp_path / "report", cwd=str(tmp_path))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"--data-val {rec} is labelled by" in lines[0] and "not the model's class list" in lines[0]
+    assert ("label 0" if change == "reordered" else "label 2" if change == "renamed" else "3 classes") in lines[0]
+    assert not (tmp_path / "report").exists()
+
+
+def test_score_writes_one_report_folder_per_set_and_rescoring_replaces_it(run, tmp_path, entry_state):
+    train_rec = run.val_rec.replace("-val.rec", "-train.rec")
+    argv = ["--model-prefix", run.prefix, "--epoch", str(EPOCHS), "--data-nthreads", "1"]
+    val = score.main(argv + ["--data-val", run.val_rec])
+    train = score.main(argv + ["--data-val", train_rec])
+    folders = {f"{run.prefix}-score-0004-caltech256-val": (val, run.val_rec),
+               f"{run.prefix}-score-0004-caltech256-train": (train, train_rec)}
+    for folder, (report, rec) in folders.items():
+        on_disk = json.loads((pathlib.Path(folder) / "score.json").read_text())
+        assert on_disk["data_val"] == os.path.abspath(rec) and on_disk["images"] == report["images"]
+    assert val["images"] == len(run.val) and train["images"] == 4 * 8
+    again = score.main(argv + ["--data-val", run.val_rec])  # the same set again: replaced, not refused
+    assert again["acc"] == val["acc"]
+
+
+def test_score_never_overwrites_the_report_of_another_set(run, tmp_path):
+    out_dir = tmp_path / "report"
+    argv = ["--model-prefix", run.prefix, "--epoch", EPOCHS, "--out-dir", out_dir]
+    first = run_script("score.py", *argv, "--data-val", run.val_rec)
+    assert first.returncode == 0, first.stderr
+    before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
+    train_rec = run.val_rec.replace("-val.rec", "-train.rec")
+    for other in (["--data-val", train_rec], ["--data-val", run.val_rec, "--epoch", "3"]):
+        result = run_script("score.py", *argv, *other)
+        assert result.returncode == 1
+        line = result.stderr.strip()
+        assert line.startswith(f"score.py: error: --out-dir {out_dir} already holds the report of "
+                               f"{os.path.abspath(run.prefix)} epoch {EPOCHS} on {run.val_rec}"), line
+    assert {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)} == before
+
+
+def test_score_failing_after_creating_its_folder_leaves_no_empty_folder(run, tmp_path, monkeypatch,
+                                                                        capsys, entry_state):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(score.evaluate, "evaluate_set", disk_full)
+    out_dir = tmp_path / "deep" / "report"
+    code = cli.run_entry(score.main, "score.py", ["--model-prefix", run.prefix, "--epoch", str(EPOCHS),
+                                                  "--data-val", run.val_rec, "--out-dir", str(out_dir)])
+    assert code == 1 and "No space left on device" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # report/ and deep/ were made by the run and removed again
 
 
 # ---------------------------------------------------------------- misuse
@@ -418,6 +443,10 @@ MISUSE = {
     "score-bad-epoch": (
         "score.py", ["--model-prefix", "{prefix}", "--epoch", "0", "--data-val", "{rec}"],
         ["--epoch 0", "saved epochs of {prefix}: 1, 2, 3, 4"]),
+    "score-out-dir": (
+        "score.py", ["--model-prefix", "{prefix}", "--epoch", "1", "--data-val", "{rec}", "--out-dir",
+                     "/proc/no-such/report"],
+        ["--out-dir /proc/no-such/report: cannot create it (No such file or directory)"]),
     "score-top-k": (
         "score.py", ["--model-prefix", "{prefix}", "--epoch", "1", "--data-val", "{rec}", "--top-k", "9"],
         ["--top-k 9", "valid: 1..4"]),

@@ -531,15 +531,21 @@ def test_lr_scheduler_warmup_only_does_not_log_every_update(caplog):
 
 def test_main_can_be_called_twice_in_one_process(data_dir, tmp_path):
     """main() removes the train.log handler it added (else a second run in the same
-    process would also log into the first run's train.log)."""
+    process would also log into the first run's train.log), and a second call adds
+    no second console handler."""
     root = logging.getLogger()
     before = list(root.handlers)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            train_caltech.main(trainkit.train_args(data_dir, str(tmp_path / "run"), "--mode", "scratch",
-                                                   epochs=1))
-        left = [h for h in root.handlers if h not in before]
-        assert left == []
+        added = []
+        for run in ("a", "b"):
+            with contextlib.redirect_stdout(io.StringIO()):
+                train_caltech.main(trainkit.train_args(data_dir, str(tmp_path / run), "--mode", "scratch",
+                                                       epochs=1))
+            added.append([h for h in root.handlers if h not in before])
+        assert [h for h in added[-1] if isinstance(h, logging.FileHandler)] == []
+        assert len(added[0]) == len(added[1]) <= 1  # the console handler, replaced, not doubled
+        assert f"run {tmp_path / 'b'}:" not in (tmp_path / "a-train.log").read_text()
+        assert f"run {tmp_path / 'b'}:" in (tmp_path / "b-train.log").read_text()
     finally:
         for handler in [h for h in root.handlers if h not in before]:
             root.removeHandler(handler)
@@ -573,7 +579,7 @@ def _misuse_cases():
         ("batch", lambda d, p, b: ["--data-dir", d, "--batch-size", "9", "--cpus", "2", "--mode", "scratch"],
          1, ["--batch-size 9", "2 devices"]),
         ("empty-data-dir", lambda d, p, b: ["--data-dir", b["everything"], "--mode", "scratch"],
-         1, ["classes.txt"]),
+         1, ["--data-dir", "holds no PREFIX-train.rec", "prepare_data.sh --out"]),
         ("no-classes", lambda d, p, b: ["--data-dir", b["classes.txt"], "--mode", "scratch"],
          1, ["classes.txt"]),
         ("no-train-idx", lambda d, p, b: ["--data-dir", b["caltech256-train.idx"], "--mode", "scratch"],

@@ -11,7 +11,7 @@ import json
 import logging
 
 from ..checkpoint import match_params
-from ..cli import UserError
+from ..cli import FILE_ONLY, UserError
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,12 @@ def build(symbol, arg_params, aux_params, num_classes, layer, data_shape, dtype=
 
 
 def log_surgery(surgery):
-    """Say which parameters came from the checkpoint and which are new."""
+    """Say which parameters came from the checkpoint and which are new (the names of
+    every loaded one go to the run's log file only: hundreds of them)."""
     log.info("loaded %d arguments and %d auxiliary states from the checkpoint",
              len(surgery.loaded_args), len(surgery.loaded_aux))
+    log.info("loaded arguments: %s", ", ".join(sorted(surgery.loaded_args)), extra=FILE_ONLY)
+    log.info("loaded auxiliary states: %s", ", ".join(sorted(surgery.loaded_aux)), extra=FILE_ONLY)
     log.info("initialized fresh: %s", ", ".join(surgery.head))
     if surgery.dropped:
         log.info("not used (cut away with the old head): %s", ", ".join(surgery.dropped))
