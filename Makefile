@@ -4,24 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo bench clean-venv
 
-$(STAMP): requirements.txt requirements-test.txt
+# One install of everything (the tests run the demo too), so that requirements.txt's
+# numpy<1.24 pin holds for scikit-learn as well.
+$(STAMP): requirements.txt requirements-test.txt requirements-demo.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
-	touch $@
-
-# Installed together with requirements.txt so its numpy<1.24 pin holds.
-$(DEMO_STAMP): $(STAMP) requirements-demo.txt
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-demo.txt
 	touch $@
 
 test: $(STAMP)
 	$(PY) -m pytest
 
-demo: $(DEMO_STAMP)
+demo: $(STAMP)
 	$(PY) -m tools.demo --out demo
 
 bench: $(STAMP)

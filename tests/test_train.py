@@ -21,7 +21,11 @@ In-process runs call train_caltech.main(argv) and capture stdout with
 redirect_stdout (module-scoped fixtures cannot use capsys). Runs that must be
 bit-repeatable, and every misuse case, run as subprocesses.
 """
+import collections
 import contextlib
+import functools
+import glob
+import hashlib
 import io
 import json
 import pickle
@@ -40,7 +44,7 @@ import pytest
 import train_caltech
 from common import checkpoint
 from common.prep import main as prepare
-from common.train import schedule, surgery as finetune
+from common.train import callbacks, loop, schedule, surgery as finetune
 from common.fsutil import file_digest
 from tests import trainkit
 from tools.imagegen import make_class_tree
@@ -53,6 +57,12 @@ TRAIN_PER_CLASS, VAL_PER_CLASS = 30, 10
 LEARN = ["--lr", "0.01", "--mom", "0.9"]
 SCRATCH_EPOCHS, FINETUNE_EPOCHS, PRETRAIN_EPOCHS = 5, 3, 5
 WELL_ABOVE_CHANCE = 0.6
+# What every mode and --cpus 2 reach on this task (1.0 in every seed measured, see
+# above): at most 2 of the 40 validation images wrong.
+MODES_REACH = 0.95
+# --cpus 2 against one context, same data and seed: BatchNorm statistics per half
+# batch make them differ a little, not more than 4 of the 40 images.
+CONTEXTS_AGREE = 0.1
 # Bit-repeatable runs (MXNET_NOTES.md): one engine thread, one OpenMP thread.
 REPEATABLE = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_NUM_THREADS": "1"}
 FINAL = re.compile(r"^final: val_acc=(\d\.\d{4}) top(\d+)=(\d\.\d{4}) mean_class_acc=(\d\.\d{4})$", re.M)
@@ -185,11 +195,47 @@ def lr_mult_zero_run(data_dir, pretrained, tmp_path_factory):
     return Run(prefix, stdout, FINETUNE_EPOCHS)
 
 
+class BatchRecorder:
+    """Adds a batch-end callback to every run loop.run starts: what each batch held.
+
+    runs[i][epoch] = [(labels, per-image data digests, images per device)] per batch.
+    """
+
+    def __init__(self, monkeypatch):
+        self.runs, original = [], loop.default_callbacks
+
+        def with_recorder(cfg, is_rank0):
+            batch_end, epoch_end = original(cfg, is_rank0)
+            self.runs.append(collections.defaultdict(list))
+            return batch_end + [functools.partial(self.record, self.runs[-1])], epoch_end
+        monkeypatch.setattr(loop, "default_callbacks", with_recorder)
+
+    @staticmethod
+    def record(epochs, param):
+        batch, module = param.locals["batch"], param.locals["module"]
+        data = batch.data[0].asnumpy()
+        epochs[param.epoch].append((batch.label[0].asnumpy().astype(int).tolist(),
+                                    [hashlib.sha1(image.tobytes()).hexdigest() for image in data],
+                                    [e.arg_dict["data"].shape[0] for e in module._exec_group.execs]))
+
+    @staticmethod
+    def labels(batches):
+        return [label for labels, _, _ in batches for label in labels]
+
+    @staticmethod
+    def images(batches):
+        return collections.Counter(digest for _, digests, _ in batches for digest in digests)
+
+
 @pytest.fixture(scope="module")
 def two_cpu_run(data_dir, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("cpus2") / "run"
-    stdout = train(data_dir, prefix, "--mode", "scratch", *LEARN, "--cpus", "2", epochs=SCRATCH_EPOCHS)
-    return Run(prefix, stdout, SCRATCH_EPOCHS)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        recorder = BatchRecorder(monkeypatch)
+        stdout = train(data_dir, prefix, "--mode", "scratch", *LEARN, "--cpus", "2", epochs=SCRATCH_EPOCHS)
+    run = Run(prefix, stdout, SCRATCH_EPOCHS)
+    run.batches = recorder.runs[0]
+    return run
 
 
 # --- every mode learns --------------------------------------------------------------------
@@ -207,9 +253,9 @@ def test_mode_learns_and_final_line_matches_metrics(run_fixture, request):
     run = request.getfixturevalue(run_fixture)
     assert [r["epoch"] for r in run.records] == list(range(1, run.epochs + 1))
     last = run.records[-1]
-    assert run.final["acc"] > WELL_ABOVE_CHANCE, run.records
-    assert run.final["mean_class_acc"] > WELL_ABOVE_CHANCE
-    assert last["train_acc"] > WELL_ABOVE_CHANCE
+    assert run.final["acc"] >= MODES_REACH, run.records
+    assert run.final["mean_class_acc"] >= MODES_REACH
+    assert last["train_acc"] > WELL_ABOVE_CHANCE  # augmented crops: a little lower
     # The final line prints the last epoch's validation figures to 4 decimals.
     assert run.final["top_k"] == 2
     for key, column in (("acc", "val_acc"), ("topk", "val_top2"), ("mean_class_acc", "val_mean_class_acc")):
@@ -218,8 +264,14 @@ def test_mode_learns_and_final_line_matches_metrics(run_fixture, request):
 
 
 def test_two_cpu_contexts_learn_like_one(two_cpu_run, scratch_run):
-    assert two_cpu_run.final["acc"] > WELL_ABOVE_CHANCE, two_cpu_run.records
+    """Same data, seed and total batch as scratch_run, split over two contexts."""
+    assert two_cpu_run.final["acc"] >= MODES_REACH, two_cpu_run.records
+    for key in ("acc", "mean_class_acc"):
+        assert abs(two_cpu_run.final[key] - scratch_run.final[key]) <= CONTEXTS_AGREE, key
     assert len(two_cpu_run.records) == len(scratch_run.records) == SCRATCH_EPOCHS
+    # Each context gets half of every batch of 8.
+    for epoch, batches in two_cpu_run.batches.items():
+        assert [per_device for _, _, per_device in batches] == [[4, 4]] * len(batches), epoch
     assert two_cpu_run.final["acc"] == pytest.approx(two_cpu_run.records[-1]["val_acc"], abs=5.1e-5)
     with open(f"{two_cpu_run.prefix}-args.json") as f:
         resolved = json.load(f)
@@ -229,6 +281,64 @@ def test_two_cpu_contexts_learn_like_one(two_cpu_run, scratch_run):
     for record in two_cpu_run.records:
         assert record["images_per_sec"] * record["seconds"] == pytest.approx(
             NUM_CLASSES * TRAIN_PER_CLASS, rel=1e-3)
+
+
+def test_each_epoch_has_its_own_order_and_crops_and_the_seed_changes_the_run(data_dir, tmp_path,
+                                                                              monkeypatch):
+    recorder = BatchRecorder(monkeypatch)
+    train(data_dir, tmp_path / "seed0", "--mode", "scratch", *LEARN, epochs=2)
+    train(data_dir, tmp_path / "seed0-again", "--mode", "scratch", *LEARN, epochs=1)
+    train(data_dir, tmp_path / "seed1", "--mode", "scratch", *LEARN, "--seed", "1", epochs=1)
+    seed0, again, seed1 = recorder.runs
+    labels, images = BatchRecorder.labels, BatchRecorder.images
+    # Every training image once per epoch (120 = 15 full batches: no padding) ...
+    for epoch in (1, 2):
+        assert collections.Counter(labels(seed0[epoch])) == {c: TRAIN_PER_CLASS for c in range(NUM_CLASSES)}
+    # ... in another order, and with other crops and mirrors (not just reordered).
+    assert labels(seed0[1]) != labels(seed0[2])
+    assert images(seed0[1]) != images(seed0[2])
+    # The same seed gives the same epoch; another seed another one.
+    assert seed0[1] == again[1]
+    assert labels(seed1[1]) != labels(seed0[1]) and images(seed1[1]) != images(seed0[1])
+
+
+def params_are_finite(prefix):
+    """{params file: all arrays finite} for every checkpoint saved under `prefix`."""
+    verdict = {}
+    for path in sorted(glob.glob(f"{prefix}-*.params")):
+        arrays = mx.nd.load(path)
+        verdict[path] = all(np.isfinite(a.asnumpy()).all() for a in arrays.values())
+    return verdict
+
+
+def test_a_diverged_run_stops_in_one_line_and_saves_nothing_non_finite(data_dir, tmp_path):
+    """lr 1e4: the weights and BatchNorm statistics overflow during epoch 1 (the loss
+    itself stays finite: the metric clips probabilities)."""
+    prefix = tmp_path / "run"
+    result = run_script(trainkit.train_args(data_dir, prefix, "--mode", "scratch", "--lr", "1e4",
+                                            "--mom", "0.9", epochs=2), tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("train_caltech.py: error: epoch 1: "), result.stderr
+    assert "holds NaN or Inf" in errors[0] and "the run diverged (try a lower --lr)" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert all(params_are_finite(prefix).values())
+    assert not os.path.exists(f"{prefix}-metrics.jsonl")  # no result of a diverged epoch either
+    assert errors[0].split("error: ", 1)[1] in open(f"{prefix}-train.log").read()
+
+
+@pytest.mark.parametrize("kind", ["arg", "aux"])
+def test_the_divergence_guard_runs_before_anything_is_saved(tmp_path, kind):
+    cfg = loop.RunConfig(prefix=str(tmp_path / "run"), batch_size=8, image_shape=trainkit.IMAGE_SHAPE,
+                         data_threads=1, top_k=2, disp_batches=1, seed=0)
+    _, epoch_end = loop.default_callbacks(cfg, is_rank0=True)
+    good, bad = {"w": mx.nd.ones((2,))}, {"w": mx.nd.array([1.0, np.inf])}
+    end = callbacks.EpochEnd(epoch=3, module=None, arg_params=bad if kind == "arg" else good,
+                             aux_params=bad if kind == "aux" else good, record={}, val={})
+    with pytest.raises(callbacks.Diverged, match="epoch 3: .* w holds NaN or Inf"):
+        for callback in epoch_end:
+            callback(end)
+    assert os.listdir(tmp_path) == []
 
 
 # --- what trains and what stays ------------------------------------------------------------
@@ -318,6 +428,34 @@ def test_run_writes_checkpoints_metrics_plot_args_and_classes(last_layer_run, pr
     with open(f"{prefix}-classes.txt", "rb") as f, open(os.path.join(data_dir, "classes.txt"), "rb") as g:
         assert f.read() == g.read()
     assert os.path.isfile(f"{prefix}-train.log")
+
+
+def test_the_log_file_holds_the_whole_run_with_one_epoch_numbering(data_dir, pretrained, tmp_path):
+    """--image-shape 3,20,20 on 18-px images makes the data check warn before the log
+    file exists; the warning must still reach it."""
+    prefix = tmp_path / "run"
+    result = run_script(trainkit.train_args(data_dir, prefix, "--mode", "full", *LEARN,
+                                            *_pretrained_args(pretrained), epochs=2)
+                        + ["--image-shape", "3,20,20"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = open(f"{prefix}-train.log", encoding="utf-8").read()
+    console = result.stderr
+    first = log.splitlines()[0]
+    assert first.endswith(f"command: {SCRIPT} " + " ".join(map(str, result.args[2:])))
+    for line in ("was packed at a shorter side of 18 px", f"pretrained model {pretrained['prefix']}",
+                 "initialized fresh: fc_new_weight, fc_new_bias",
+                 "not used (cut away with the old head): fc1_bias, fc1_weight"):
+        assert line in log and line in console, line
+    # The full lists are for the file; the console gets the counts.
+    assert "loaded arguments: bn1_beta, bn1_gamma, bn_data_beta" in log
+    assert "loaded auxiliary states: bn1_moving_mean" in log
+    assert "loaded arguments:" not in console
+    assert "loaded 62 arguments and 40 auxiliary states" in console  # ResNet-20 without fc1
+    assert "Subgraph backend" not in console
+    # One numbering: the log's Epoch[E], the metrics' epoch E and the file PREFIX-000E.params.
+    logged = [int(e) for e in re.findall(r"Epoch\[(\d+)\] Validation", log)]
+    saved = [int(p[-11:-7]) for p in sorted(glob.glob(f"{prefix}-*.params"))]
+    assert logged == [r["epoch"] for r in metrics(prefix)] == saved == [1, 2]
 
 
 # --- resume ------------------------------------------------------------------------------

@@ -44,7 +44,11 @@ def write_digits(root, digits):
     """Write scikit-learn's digits `digits` as PNG class folders digit-N/; returns counts."""
     import cv2
     import numpy as np
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("scikit-learn is not installed: run `make demo`, which installs "
+                        "requirements-demo.txt into .venv") from None
     data = load_digits()
     counts = {}
     for digit in digits:
