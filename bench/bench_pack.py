@@ -15,16 +15,12 @@ for a few records the decoded shape (shorter side == --resize).
 # Nothing here may import MXNet at module level: pack_set's workers are spawned,
 # and a spawned worker re-imports the main module (as __mp_main__).
 import argparse
-import datetime
 import logging
 import os
-import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import cv2
@@ -35,6 +31,7 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_
 from common.fsutil import write_json_atomic
 from common.prep.imagefolder import lst_text
 from common.prep.pack import pack_set
+from tools.benchkit import machine, make_workdir, run_group, spread
 from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,17 +128,6 @@ def im2rec_script():
     return path
 
 
-def make_workdir(path):
-    """Create (or accept an empty) work folder; returns (path, remove_at_end)."""
-    if path is None:
-        return tempfile.mkdtemp(prefix="bench_pack-"), True
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        # im2rec packs every PREFIX*.lst it finds, so stale files would change the work.
-        raise UserError(f"--workdir {path}: must be a new or empty folder")
-    os.makedirs(path, exist_ok=True)
-    return path, False
-
-
 def generate_sources(root, n_images, n_classes, size, seed):
     """Write n_images JPEGs round-robin into n_classes folders under root.
 
@@ -192,29 +178,12 @@ def run_im2rec(run_dir, root, lst_path, resize, quality, threads, script, timeou
     cmd = [sys.executable, script, prefix, root, "--resize", str(resize), "--quality",
            str(quality), "--num-thread", str(threads), "--encoding", ".jpg", "--color", "1"]
     start = time.perf_counter()
-    returncode, output = _run_group(cmd, timeout)
+    returncode, output = run_group(cmd, timeout)
     seconds = time.perf_counter() - start
     if returncode != 0:
         tail = output.strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"exit code {returncode}: {tail[0]}")
     return seconds, prefix + ".rec", prefix + ".idx"
-
-
-def _run_group(cmd, timeout):
-    """Run cmd in its own process group; returns (exit code, stdout + stderr).
-
-    On timeout the whole group is killed: im2rec's forked readers and writer would
-    otherwise outlive it, blocked on their queues.
-    """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"timed out after {timeout} s (--timeout)") from None
-    return proc.returncode, output
 
 
 def sample_indices(n):
@@ -310,8 +279,7 @@ def summarise(tool, threads, runs):
     rates = [run["images_per_s"] for run in good]
     return {
         "tool": tool, "threads": threads, "runs_ok": len(good), "runs_total": len(runs),
-        "images_per_s": ({"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
-                         if rates else None),
+        "images_per_s": spread(rates) if rates else None,
         "median_seconds": statistics.median(r["seconds"] for r in good) if good else None,
         "rec_bytes": good[-1]["check"]["rec_bytes"] if good else None,
         "runs": runs,
@@ -365,7 +333,6 @@ def time_import_mxnet(repeat):
 
 def conditions(args, shapes, root, script):
     """Everything needed to compare these numbers with another run."""
-    import mxnet as mx
     sizes = [os.path.getsize(os.path.join(root, rel)) for rel in shapes]
     (w_min, w_max), (h_min, h_max) = args.size
     return {
@@ -375,11 +342,7 @@ def conditions(args, shapes, root, script):
                    "total_mb": round(sum(sizes) / 2**20, 1), "blur_sigma_px": _BLUR_SIGMA,
                    "jpeg_quality": _SOURCE_QUALITY, "kind": "blurred coloured noise"},
         "resize": args.resize, "quality": args.quality, "threads": args.threads,
-        "repeat": args.repeat, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "mxnet": mx.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-        "opencv_threads": cv2.getNumThreads(),
-        "platform": platform.platform(), "im2rec": script,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "repeat": args.repeat, **machine(), "im2rec": script,
         "notes": [
             "ours: in-process pack_set; MXNet imported before timing; includes spawning its "
             "worker processes (threads > 1) and its read-back of every record header",
@@ -410,7 +373,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logging()
     script = im2rec_script()
-    workdir, remove = make_workdir(args.workdir)
+    workdir, remove = make_workdir(args.workdir, "bench_pack")
     try:
         log.info("generating %d images in %s", args.images, workdir)
         items, shapes = generate_sources(os.path.join(workdir, "src"), args.images,

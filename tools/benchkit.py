@@ -1,0 +1,58 @@
+"""What every benchmark under bench/ shares: a work folder, subprocesses that cannot
+outlive their time limit, median/min/max summaries, and the conditions of a run."""
+import datetime
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import tempfile
+
+from common.cli import UserError
+
+
+def make_workdir(path, prefix):
+    """Create (or accept an empty) work folder; returns (path, remove_at_end).
+
+    path None: a new temporary folder named prefix-*, to be removed at the end.
+    """
+    if path is None:
+        return tempfile.mkdtemp(prefix=f"{prefix}-"), True
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        # Stale files would change the work (im2rec packs every PREFIX*.lst it finds).
+        raise UserError(f"--workdir {path}: must be a new or empty folder")
+    os.makedirs(path, exist_ok=True)
+    return path, False
+
+
+def run_group(cmd, timeout):
+    """Run cmd in its own process group; returns (exit code, stdout + stderr).
+
+    On timeout the whole group is killed (children that a tool forks would
+    otherwise outlive it, blocked on their queues) and RuntimeError is raised.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"timed out after {timeout} s (--timeout)") from None
+    return proc.returncode, output
+
+
+def spread(values):
+    """{'median', 'min', 'max'} of a non-empty list of figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def machine():
+    """The machine and software a figure was measured with."""
+    import cv2
+    import mxnet as mx
+    import numpy as np
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "mxnet": mx.__version__,
+            "opencv": cv2.__version__, "numpy": np.__version__, "opencv_threads": cv2.getNumThreads(),
+            "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
