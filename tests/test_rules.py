@@ -13,6 +13,7 @@ everything) and, for rule 2, also by reading the import statements.
 import ast
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -153,3 +154,24 @@ def test_preprocess_is_exactly_what_the_validation_iterator_feeds(packed, image_
         got = transforms.preprocess(path, 0, image_shape)
         assert got.shape == image_shape and got.dtype == np.float32
         np.testing.assert_array_equal(got, want, err_msg=path)
+
+
+# ---------------------------------------------------------------- the README's map
+
+def readme_map():
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    start = text.index("## Where things are")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_readme_where_things_are_matches_the_tree():
+    section = readme_map()
+    modules = [p for folder in ("common", "common/prep", "common/train", "common/infer", "tools", "symbols")
+               for p in glob.glob(os.path.join(REPO, folder, "*.py")) if not p.endswith("__init__.py")]
+    missing = [os.path.relpath(p, REPO) for p in modules
+               if os.path.splitext(os.path.basename(p))[0] not in section]
+    assert missing == [], "modules the README's map does not name"
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", section))
+    existing = {os.path.basename(p) for p in modules + glob.glob(os.path.join(REPO, "*.py"))
+                + glob.glob(os.path.join(REPO, "tests", "*.py")) + glob.glob(os.path.join(REPO, "bench", "*.py"))}
+    assert sorted(named - existing) == [], "files the README's map names that do not exist"
