@@ -60,8 +60,9 @@ def main(argv=None):
     batch_size = args.batch_size or args.batch_per_device * len(contexts)
     devices.per_device_batch(batch_size, len(contexts))
     args.prefix = records.find_prefix(args.data_dir, args.prefix, args.data_train)  # args.json records it
-    dataset = records.load_dataset(args.data_dir, args.prefix, args.data_train, args.data_val,
-                                   args.classes, args.num_classes, args.num_examples)
+    dataset = records.load_dataset(args.data_dir, args.prefix, data_train=args.data_train,
+                                   data_val=args.data_val, classes=args.classes,
+                                   num_classes=args.num_classes, num_examples=args.num_examples)
     evaluate.check_top_k(args.top_k, dataset.num_classes)
     records.warn_if_upscaled(dataset.train.rec, args.image_shape)
     kv = devices.create_kvstore(args.kv_store)

@@ -93,7 +93,7 @@ def find_prefix(data_dir, prefix=None, data_train=None):
                     f"choose one with --prefix")
 
 
-def load_dataset(data_dir, prefix, data_train=None, data_val=None, classes=None,
+def load_dataset(data_dir, prefix, *, data_train=None, data_val=None, classes=None,
                  num_classes=None, num_examples=None):
     """Find, check and describe the train/val sets.
 
