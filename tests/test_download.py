@@ -9,13 +9,17 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 import uuid
 
 import pytest
 import requests
+import urllib3
 
 from common.prep import download as dl
 from common.prep import main as prepare
@@ -78,6 +82,23 @@ def test_loopback_server_answers_head_get_and_ranges(server, body):
     assert requests.get(server.url("/nope"), timeout=5).status_code == 404
     assert [(r.method, r.status) for r in server.requests] == [
         ("HEAD", 200), ("GET", 206), ("GET", 416), ("GET", 404)]
+
+
+def test_loopback_server_stalls_mid_body_and_stop_does_not_wait_for_the_stall(body):
+    threads_before = set(threading.enumerate())
+    server = LoopbackServer().start()
+    try:
+        server.add(PATH, body, stall_after=1000, stall_for=30)
+        with requests.get(server.url(PATH), stream=True, timeout=(2, 0.3)) as resp:
+            assert resp.raw.read(1000) == body[:1000]
+            with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+                resp.raw.read(1)
+        assert [(r.sent, r.stalled) for r in server.hits(PATH)] == [(1000, True)]
+    finally:
+        started = time.monotonic()
+        server.stop()  # the handler is still in its 30 s stall
+    assert time.monotonic() - started < 2
+    assert set(threading.enumerate()) == threads_before  # no handler thread left behind
 
 
 # ---------------------------------------------------------------- download()
@@ -157,6 +178,37 @@ def test_part_file_longer_than_the_file_is_discarded(server, body, dest):
     assert read(dest) == body
 
 
+def test_longer_part_file_without_a_checksum_is_not_taken_as_complete(server, body, dest):
+    # A zoo file's first download has no checksum to catch a stale tail: the size must.
+    write(dest + ".part", body + b"stale tail of an older, longer version")
+    server.add(PATH, body)
+    dl.download(server.url(PATH), dest, checksum=None, **FAST)
+    assert read(dest) == body
+    assert [r.status for r in server.hits(PATH)] == [416, 200]
+
+
+def test_a_stalled_transfer_times_out_and_is_resumed(server, body, dest):
+    stall = CHUNK + 100
+    server.add(PATH, body, stall_after=stall, stall_for=20, stall_times=1)
+    started = time.monotonic()
+    dl.download(server.url(PATH), dest, checksum=("md5", md5(body)), timeout=(2.0, 0.5), backoff=0)
+    assert time.monotonic() - started < 5  # the 0.5 s read timeout, not the 20 s stall
+    assert [(r.range, r.status, r.stalled) for r in server.hits(PATH)] == [
+        (None, 200, True), (f"bytes={stall}-", 206, False)]
+    assert read(dest) == body
+
+
+def test_a_server_that_always_stalls_ends_in_one_short_line(server, body, dest):
+    server.add(PATH, body, stall_after=1000, stall_for=20)
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(server.url(PATH), dest, retries=2, timeout=(2.0, 0.3), backoff=0)
+    message = str(error.value)
+    assert "stalled" in message and "after 3 attempts" in message, message
+    assert "\n" not in message and len(message) < 200, message
+    assert len(server.hits(PATH)) == 3
+    assert read(dest + ".part") == body[:3000]  # every received byte kept for the next run
+
+
 @pytest.mark.parametrize("prefix", ["right", "wrong"])
 def test_server_ignoring_range_restarts_from_byte_zero(server, body, dest, prefix):
     have = 50_000
@@ -202,6 +254,69 @@ def test_404_is_a_user_error_without_retries(server, dest):
         dl.download(server.url("/missing.tar"), dest, retries=3, **FAST)
     assert len(server.hits("/missing.tar")) == 1
     assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
+
+
+def counting_fetch(monkeypatch):
+    """Wrap download.py's one-request function; returns the list of URLs it was called with."""
+    calls, real = [], dl._fetch
+    monkeypatch.setattr(dl, "_fetch", lambda url, *a: (calls.append(url), real(url, *a))[1])
+    return calls
+
+
+def assert_short_line(message):
+    assert "\n" not in message and len(message) < 200, message
+    for raw in ("HTTPConnectionPool", "Max retries", "Caused by", "object at 0x"):
+        assert raw not in message, message
+
+
+def test_unknown_host_fails_at_once_without_retries(dest, monkeypatch):
+    url = "http://no-such-host.invalid/files/blob.bin"  # RFC 2606: .invalid resolves nowhere
+    started = time.monotonic()
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    assert time.monotonic() - started < 2, "this machine's resolver is slow: the test below cannot time it"
+    calls = counting_fetch(monkeypatch)
+    started = time.monotonic()
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(url, dest, retries=5, timeout=(2.0, 5.0), backoff=1.0)  # retries would sleep 31 s
+    assert time.monotonic() - started < 3
+    assert calls == [url]
+    assert "no-such-host.invalid not found" in str(error.value)
+    assert_short_line(str(error.value))
+
+
+def free_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_connection_refused_is_retried_and_ends_in_one_short_line(dest, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/files/blob.bin"
+    calls = counting_fetch(monkeypatch)
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(url, dest, retries=2, **FAST)
+    assert len(calls) == 3
+    assert "connection refused by 127.0.0.1" in str(error.value) and "after 3 attempts" in str(error.value)
+    assert_short_line(str(error.value))
+
+
+@pytest.mark.parametrize("status, attempts", [(403, 1), (410, 1), (400, 1), (429, 3), (500, 3)])
+def test_only_retryable_http_statuses_are_retried(server, body, dest, status, attempts):
+    server.add(PATH, body, status=status)
+    with pytest.raises(dl.DownloadError, match=f"HTTP {status}") as error:
+        dl.download(server.url(PATH), dest, retries=2, **FAST)
+    assert len(server.hits(PATH)) == attempts
+    assert_short_line(str(error.value))
+
+
+@pytest.mark.parametrize("url", ["data.caltech.edu/x.tar", "ftp://example.invalid/x.tar", "http:///x.tar"])
+def test_malformed_url_is_a_download_error_at_once(dest, monkeypatch, url):
+    calls = counting_fetch(monkeypatch)
+    with pytest.raises(dl.DownloadError, match="not a valid http"):
+        dl.download(url, dest, retries=3, **FAST)
+    assert len(calls) == 1
 
 
 def test_503_twice_then_ok_succeeds(server, body, dest):
