@@ -8,6 +8,7 @@ import pytest
 from tqdm import tqdm
 
 from common import cli
+from common.prep.parallel import parallel_map
 from tools.imagegen import make_class_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,3 +113,10 @@ def test_prepare_data_sh_log_has_whole_progress_lines(tmp_path):
     lines = proc.stderr.splitlines()
     for expected in ("check: 6/6 img (100%)", "pack train: 4/4 img (100%)", "pack val: 2/2 img (100%)"):
         assert any(line.startswith(expected) for line in lines), proc.stderr
+
+
+def test_parallel_map_prints_its_last_line_when_it_hands_out_the_last_result(log_file, clock):
+    results = parallel_map(str, [1, 2, 3], workers=1, desc="check")
+    # zip() stops pulling after the third result: the generator stays suspended.
+    assert list(zip([1, 2, 3], results)) == [(1, "1"), (2, "2"), (3, "3")]
+    assert log_file.getvalue() == "check: 3/3 img (100%), 0 s\n"
