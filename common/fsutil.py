@@ -2,7 +2,9 @@
 
 A killed run must never leave a truncated file under a name a later run would
 take as finished, so everything is written to a hidden temporary name in the
-same folder and renamed (atomic on POSIX) once complete.
+same folder and renamed (atomic on POSIX) once complete. Likewise a failed run
+removes the folders it created (makedirs_tracked) if they are still empty
+(remove_empty_folders), and nothing else.
 """
 import contextlib
 import hashlib
@@ -44,6 +46,27 @@ def _fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def makedirs_tracked(path, created):
+    """os.makedirs(path, exist_ok=True); appends the folders it made to `created`, parents first."""
+    missing, head = [], os.path.abspath(path)
+    while not os.path.lexists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    try:
+        os.makedirs(path, exist_ok=True)
+    finally:  # also when it failed part-way: what exists now was made here
+        created.extend(folder for folder in reversed(missing) if os.path.isdir(folder))
+
+
+def remove_empty_folders(created):
+    """Remove the folders in `created` that are empty, deepest first; keep every other one."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)  # only ever removes an empty folder
+        except OSError:
+            pass
 
 
 def write_text_atomic(path, text):

@@ -254,6 +254,7 @@ def test_404_is_a_user_error_without_retries(server, dest):
         dl.download(server.url("/missing.tar"), dest, retries=3, **FAST)
     assert len(server.hits("/missing.tar")) == 1
     assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
+    assert not os.path.exists(os.path.dirname(dest))  # made for the download, left empty: removed
 
 
 def counting_fetch(monkeypatch):

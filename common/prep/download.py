@@ -24,7 +24,7 @@ import requests
 import urllib3
 
 from ..cli import UserError, progress
-from ..fsutil import file_digest, read_json, write_json_atomic
+from ..fsutil import file_digest, makedirs_tracked, read_json, remove_empty_folders, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class _HTTPStatus(Exception):
 # from ConnectTimeoutError.
 _DIAGNOSES = [
     ((urllib3.exceptions.NameResolutionError, socket.gaierror), True,
-     "host {host} not found (no network, or no DNS?)"),
+     "host {host} not found (no network?)"),
     ((requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
       requests.exceptions.InvalidURL), True, "not a valid http(s) URL"),
     ((ssl.SSLCertVerificationError,), True, "the TLS certificate of {host} did not verify"),
@@ -87,7 +87,8 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
     download that fails it is removed and raises UserError. A transfer that fails
     is retried up to `retries` times (waits of backoff * 2**attempt seconds) unless
     retrying cannot help; then DownloadError, with the bytes received kept in
-    DEST.part for the next run. timeout: (connect, read) seconds.
+    DEST.part for the next run (a folder made for DEST is removed if it stayed
+    empty). timeout: (connect, read) seconds.
     Returns `dest`.
     """
     if os.path.exists(dest):
@@ -96,8 +97,19 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
             return dest
         log.warning("%s does not match its %s checksum; downloading it again", dest, checksum[0])
         os.remove(dest)
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    part = dest + ".part"
+    created = []
+    makedirs_tracked(os.path.dirname(os.path.abspath(dest)), created)
+    try:
+        _fetch_verified(url, dest + ".part", checksum, retries, timeout, backoff)
+    except BaseException:
+        remove_empty_folders(created)  # made for this download, and nothing arrived
+        raise
+    os.replace(dest + ".part", dest)
+    return dest
+
+
+def _fetch_verified(url, part, checksum, retries, timeout, backoff):
+    """Complete `part` from `url` and check it; a file failing its checksum is removed."""
     resumed = os.path.exists(part)
     _fetch_with_retries(url, part, retries, timeout, backoff)
     if checksum is not None and not _matches(part, checksum) and resumed:
@@ -110,8 +122,6 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
         os.remove(part)
         raise UserError(f"checksum mismatch for {url}: expected {checksum[0]} {checksum[1]}, "
                         f"got {actual}; the bad file was removed")
-    os.replace(part, dest)
-    return dest
 
 
 def _matches(path, checksum):
