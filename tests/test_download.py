@@ -3,6 +3,7 @@
 Every request goes to 127.0.0.1 (tests/loopback_http.py) with a timeout of a few
 seconds, and every server the tests start is stopped by its fixture.
 """
+import functools
 import hashlib
 import io
 import json
@@ -493,12 +494,34 @@ def test_prepare_downloads_resumes_extracts_and_packs(server, caltech_tar, tmp_p
     assert (out / "classes.txt").read_text() == "".join(f"{c}\n" for c in CLASSES)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["num_classes"], summary["train_images"], summary["val_images"]) == (3, 9, 9)
+    # What was used: the URL, the MD5 it was verified against, the archive and its folder.
+    assert summary["source"] == {"folder": str(download_dir / "256_ObjectCategories"),
+                                 "url": server.url(TAR_PATH) + "?download=1", "md5": md5(caltech_tar),
+                                 "archive": str(download_dir / TAR_NAME)}
+    assert summary["prefix"] == "caltech256" and "src" not in summary["options"]
     assert [c["name"] for c in summary["excluded_classes"]] == ["257.clutter"]
     for set_name in ("train", "val"):
         base = out / f"caltech256-{set_name}"
         rows = read_lst(str(base) + ".lst")
         assert sorted(label for _, label, _ in rows) == [0.0] * 3 + [1.0] * 3 + [2.0] * 3
         verify_records(str(base) + ".idx", str(base) + ".rec", [label for _, label, _ in rows])
+
+
+def test_a_failed_run_keeps_the_users_folder_and_the_received_bytes(server, caltech_tar, tmp_path,
+                                                                   monkeypatch, restore_logging):
+    server.add(TAR_PATH, caltech_tar, cut_after=CHUNK)  # every body is cut
+    monkeypatch.setattr(dl, "download", functools.partial(dl.download, retries=1, backoff=0,
+                                                          timeout=(2.0, 5.0)))
+    out = tmp_path / "mine"
+    out.mkdir()  # the user's own, empty folder
+    download_dir = tmp_path / "new" / "download"
+    with pytest.raises(UserError, match="gave up after 2 attempts.*pass --src DIR"):
+        prepare.main(["--url", server.url(TAR_PATH), "--md5", md5(caltech_tar), "--num-thread", "1",
+                      "--download-dir", str(download_dir), "--out", str(out)])
+    assert out.is_dir() and os.listdir(out) == []
+    # Made by the run but not empty: kept, so the next run resumes from byte 2 * CHUNK.
+    assert os.listdir(download_dir) == [TAR_NAME + ".part"]
+    assert read(download_dir / (TAR_NAME + ".part")) == caltech_tar[: 2 * CHUNK]
 
 
 def test_prepare_data_sh_wrong_md5_is_one_error_line(server, caltech_tar, tmp_path):
@@ -517,4 +540,5 @@ def test_prepare_data_sh_wrong_md5_is_one_error_line(server, caltech_tar, tmp_pa
              if line.strip() and "%|" not in line and "\r" not in line]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("prepare_data.sh: error:") and "checksum" in lines[0]
-    assert os.listdir(download_dir) == []  # the bad download was removed, .part included
+    # The bad download was removed, .part included, and so was the folder the run made for it.
+    assert not download_dir.exists()
