@@ -16,7 +16,7 @@ import pytest
 
 from common.prep import main as prepare
 from common.prep.imagefolder import read_lst
-from tools.imagegen import add_problem_files, make_class_tree
+from tools.imagegen import add_problem_files, class_image, make_class_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "prepare_data.sh")
@@ -150,6 +150,58 @@ def test_split_is_byte_identical_across_processes_with_other_hash_seeds(tmp_path
     assert len(hashes) == 2  # the two processes really hash strings differently
     assert lists[0] == lists[1]
     assert len(read_lst(str(tmp_path / "run1" / "out1" / "photos-train.lst"))) == 60
+
+
+def write_bmp_tree(root, counts=(6, 6), seed=0):
+    """Class folders of 20x24 BMPs: every BMP of that size has the same byte count."""
+    rng = np.random.default_rng(seed)
+    for label, count in enumerate(counts):
+        os.makedirs(os.path.join(root, f"c{label}"), exist_ok=True)
+        for j in range(count):
+            cv2.imwrite(os.path.join(root, f"c{label}", f"{j:02d}.bmp"),
+                        class_image(rng, label, 20, 24))
+    return root
+
+
+def repaint(path, keep_mtime=False):
+    """Rewrite an image in place with other pixels and the same size in bytes."""
+    info = os.stat(path)
+    cv2.imwrite(path, class_image(np.random.default_rng(99), 5, 20, 24))
+    assert os.path.getsize(path) == info.st_size
+    if keep_mtime:  # as a tar extraction or `cp -p` restores it
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["resize", "quality", "src", "content"])
+def test_rerun_repacks_when_an_input_of_the_pack_changed(tmp_path, change):
+    src = write_bmp_tree(str(tmp_path / "photos"))
+    options = {"--resize": "16", "--quality": "90"}
+    flags = lambda: [item for pair in options.items() for item in pair]  # noqa: E731
+    out = tmp_path / "out"
+    run_prepare(src, out, "--train-per-class", "3", *flags())
+    first = [(out / f"photos-{name}.rec").read_bytes() for name in ("train", "val")]
+    if change == "resize":
+        options["--resize"] = "18"
+    elif change == "quality":
+        options["--quality"] = "50"
+    elif change == "src":
+        # Another copy: the same names, sizes and mtimes, but one image differs.
+        copy = str(tmp_path / "other" / "photos")
+        shutil.copytree(src, copy)
+        for name in ("train", "val"):  # every set gets a changed image
+            rel = read_lst(str(out / f"photos-{name}.lst"))[0][2]
+            repaint(os.path.join(copy, rel), keep_mtime=True)
+        src = copy
+    else:
+        for name in ("train", "val"):
+            repaint(os.path.join(src, read_lst(str(out / f"photos-{name}.lst"))[0][2]))
+    run_prepare(src, out, "--train-per-class", "3", *flags())
+    fresh = tmp_path / "fresh"
+    run_prepare(src, fresh, "--train-per-class", "3", *flags())
+    for index, name in enumerate(("train", "val")):
+        again = (out / f"photos-{name}.rec").read_bytes()
+        assert again != first[index], f"{name}: the change does not show in the packed bytes"
+        assert again == (fresh / f"photos-{name}.rec").read_bytes(), f"{name}: stale pack reused"
 
 
 def test_rerun_skips_finished_sets_and_force_repacks(src, tmp_path):

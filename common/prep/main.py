@@ -7,6 +7,7 @@ into .rec/.idx, write summary.json. A run that fails removes the folders it
 created, if they are still empty.
 """
 import argparse
+import hashlib
 import logging
 import os
 import re
@@ -227,10 +228,16 @@ def check_images(root, rel_paths, workers, cache_path, force=False):
 
 
 def _write_set(args, prefix, root, set_name, items):
-    """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx."""
+    """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx.
+
+    The pack's stamp records everything its bytes depend on: the list, each listed
+    file's size and mtime (an image rewritten in place changes them), --resize,
+    --quality and the source folder.
+    """
     base = os.path.join(args.out, f"{prefix}-{set_name}")
     text = lst_text(items)
     stamp = {"lst_sha256": text_digest(text), "records": len(items),
+             "files_sha256": files_digest(root, items),
              "resize": args.resize,
              "quality": args.quality,
              "root": os.path.abspath(root)}
@@ -248,6 +255,19 @@ def _write_set(args, prefix, root, set_name, items):
         write_json_atomic(stamp_path, stamp)
     return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",
             "images": len(items), "lst_sha256": stamp["lst_sha256"]}
+
+
+def files_digest(root, items):
+    """SHA-256 over each listed file's path, size and mtime (ns), in list order.
+
+    Taken before packing, so a file changed while it is packed is repacked next
+    time. A stat per file: far cheaper than reading the images again.
+    """
+    digest = hashlib.sha256()
+    for _, rel in items:
+        info = os.stat(os.path.join(root, rel))
+        digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _lst_matches(path, text):
