@@ -1,4 +1,4 @@
-"""common/download.py and the download path of common/prepare.py, against a loopback server.
+"""common/prep/download.py and the download path of common/prep/main.py, against a loopback server.
 
 Every request goes to 127.0.0.1 (tests/loopback_http.py) with a timeout of a few
 seconds, and every server the tests start is stopped by its fixture.

@@ -1,4 +1,4 @@
-"""common/modelzoo.py against a loopback copy of the zoo, and common/checkpoint.py.
+"""common/train/modelzoo.py against a loopback copy of the zoo, and common/checkpoint.py.
 
 The zoo publishes no checksums, so the first download records each file's SHA-256
 beside it and every later use is checked against that record. The "zoo" here is a
