@@ -135,19 +135,19 @@ def _fetch_with_retries(url, part, retries, timeout, backoff):
             _fetch(url, part, timeout)
             return
         except (requests.RequestException, _TransferCut, _HTTPStatus) as exc:
-            permanent, reason = diagnose(exc, url, timeout)
+            permanent, reason = _diagnose(exc, url, timeout)
             if permanent:
                 raise DownloadError(f"cannot download {url}: {reason}") from None
             if attempt == retries:
-                raise DownloadError(f"cannot download {url}: {reason} "
-                                    f"(gave up after {retries + 1} attempts)") from None
+                tries = f"{retries + 1} attempts" if retries else "1 attempt"
+                raise DownloadError(f"cannot download {url}: {reason} (gave up after {tries})") from None
             wait = backoff * 2 ** attempt
             log.warning("download of %s failed (%s); retrying in %.0f s",
                         os.path.basename(part)[: -len(".part")], reason, wait)
             time.sleep(wait)
 
 
-def diagnose(exc, url, timeout=DEFAULT_TIMEOUT):
+def _diagnose(exc, url, timeout=DEFAULT_TIMEOUT):
     """(permanent, reason) for a failed request: can a retry help, and why it failed in a few words."""
     if isinstance(exc, _HTTPStatus):
         return exc.permanent, str(exc)
