@@ -14,7 +14,6 @@ venv.ensure("predict.py")  # before the imports below, which need the requiremen
 
 import json
 import logging
-import os
 import sys
 
 from common import cli, devices

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -185,10 +186,93 @@ def remove_log_file(handler):
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm bar on stderr; in a log file (no TTY) it updates every 10 s, not 10 times a second."""
-    kwargs.setdefault("mininterval", 0.2 if sys.stderr.isatty() else 10.0)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, file=sys.stderr, **kwargs)
+    """Progress on stderr: a tqdm bar on a terminal, plain lines in a log file or pipe.
+
+    tqdm redraws its bar with carriage returns, which a log file keeps as one long
+    line of fragments; so without a TTY this prints 'DESC: N/TOTAL UNIT (P%), RATE
+    UNIT/s, T s' lines instead, every `mininterval` seconds (default 10) and once at
+    the end. Both take tqdm's arguments as the callers use them (desc, total,
+    initial, unit, unit_scale, unit_divisor, mininterval) and offer iteration,
+    update(n), close() and `with`. TQDM_DISABLE=1 in the environment prints nothing.
+    """
+    disable = _progress_disabled()
+    if sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 0.2)
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, file=sys.stderr, disable=disable, **kwargs)
+    return PlainProgress(iterable, disable=disable, **kwargs)
+
+
+def _progress_disabled():
+    # Read per call (tqdm reads TQDM_* once, at import) and passed to tqdm too, so
+    # both modes agree; tqdm alone would take TQDM_DISABLE=0 as "disable".
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+_clock = time.monotonic  # a module attribute so tests can drive time
+
+
+class PlainProgress:
+    """tqdm's interface (the part progress() offers) as plain, newline-ended lines."""
+
+    def __init__(self, iterable=None, desc=None, total=None, initial=0, unit="it",
+                 unit_scale=False, unit_divisor=1000, mininterval=10.0, disable=False):
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.desc, self.total, self.n = iterable, desc, total, initial
+        self.unit, self.unit_scale, self.unit_divisor = unit, unit_scale, unit_divisor
+        self.interval, self.disable, self.file = mininterval, disable, sys.stderr
+        self._initial, self._closed = initial, False
+        self._start = self._last = _clock()
+
+    def update(self, n=1):
+        self.n += n
+        now = _clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._print(now)
+
+    def close(self):
+        """Print the last line (once)."""
+        if not self._closed:
+            self._closed = True
+            self._print(_clock())
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _amount(self, value):
+        if self.unit_scale:
+            return tqdm.format_sizeof(value, self.unit, self.unit_divisor)  # '1.18MB'
+        return f"{value:.0f}" if value >= 100 or value == int(value) else f"{value:.3g}"
+
+    def _print(self, now):
+        if self.disable:
+            return
+        elapsed = now - self._start
+        unit = "" if self.unit_scale else f" {self.unit}"  # format_sizeof appends the unit
+        line = f"{self.desc}: " if self.desc else ""
+        line += self._amount(self.n)
+        if self.total is not None:
+            line += f"/{self._amount(self.total)}"
+        line += unit
+        if self.total:
+            line += f" ({100 * self.n // self.total:.0f}%)"
+        if elapsed > 0:  # the rate of this run: bytes resumed from `initial` do not count
+            line += f", {self._amount((self.n - self._initial) / elapsed)}{unit}/s"
+        self.file.write(f"{line}, {elapsed:.0f} s\n")
+        self.file.flush()
 
 
 def run_entry(main, prog, argv=None):

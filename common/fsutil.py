@@ -2,7 +2,9 @@
 
 A killed run must never leave a truncated file under a name a later run would
 take as finished, so everything is written to a hidden temporary name in the
-same folder and renamed (atomic on POSIX) once complete.
+same folder and renamed (atomic on POSIX) once complete. Likewise a failed run
+removes the folders it created (makedirs_tracked) if they are still empty
+(remove_empty_folders), and nothing else.
 """
 import contextlib
 import hashlib
@@ -20,14 +22,51 @@ def partial_path(path):
 
 @contextlib.contextmanager
 def atomic_output(path):
-    """Yield a temporary path; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path; rename it to `path` only if the block succeeds.
+
+    The block must have closed the file. Its bytes are flushed to disk before the
+    rename and the folder after it, so a power cut cannot leave an empty or torn
+    file under `path` (the rename alone orders nothing on disk).
+    """
     tmp = partial_path(path)
     try:
         yield tmp
+        _fsync_path(tmp)
         os.replace(tmp, path)
+        _fsync_path(os.path.dirname(path) or ".")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync_path(path):
+    """fsync a file or folder by name (one open and one fsync: cheap next to the write)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_tracked(path, created):
+    """os.makedirs(path, exist_ok=True); appends the folders it made to `created`, parents first."""
+    missing, head = [], os.path.abspath(path)
+    while not os.path.lexists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    try:
+        os.makedirs(path, exist_ok=True)
+    finally:  # also when it failed part-way: what exists now was made here
+        created.extend(folder for folder in reversed(missing) if os.path.isdir(folder))
+
+
+def remove_empty_folders(created):
+    """Remove the folders in `created` that are empty, deepest first; keep every other one."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)  # only ever removes an empty folder
+        except OSError:
+            pass
 
 
 class CannotCreate(OSError):
@@ -39,26 +78,19 @@ def output_folder(path):
     """Create folder `path` (and missing parents) for the block's output.
 
     If the block fails, the folders this call created are removed again as long
-    as they are still empty: a failed run leaves no empty folder behind, and
-    never removes one that existed before or that holds anything.
+    as they are still empty (remove_empty_folders).
     Raises CannotCreate (an OSError) when the folder cannot be created.
     """
-    created, head = [], os.path.abspath(path)
-    while not os.path.exists(head):
-        created.append(head)
-        head = os.path.dirname(head)
+    created = []
     try:
-        os.makedirs(path, exist_ok=True)
+        makedirs_tracked(path, created)
     except OSError as exc:
+        remove_empty_folders(created)
         raise CannotCreate(exc.errno, exc.strerror, path) from None
     try:
         yield path
     except BaseException:
-        for folder in created:  # deepest first
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break  # not empty (or gone): keep it and everything above it
+        remove_empty_folders(created)
         raise
 
 

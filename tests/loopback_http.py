@@ -8,8 +8,13 @@
 Knobs per file: status=503 answers that status (to the first `status_times`
 requests; None: to all); cut_after=N announces the full Content-Length but closes
 the connection after N body bytes, an interrupted transfer (first `cut_times`
-bodies; None: all); ignore_range=True answers 200 with the whole body even to a
-Range request, as some servers and proxies do.
+bodies; None: all); stall_after=N with stall_for=S sends N body bytes, then
+nothing for S seconds, then the rest: a server that hangs mid-transfer (first
+`stall_times` bodies; None: all); ignore_range=True answers 200 with the whole
+body even to a Range request, as some servers and proxies do.
+
+stop() does not wait for a stall to end: it wakes every stalled handler, which
+closes its connection, and joins all handler threads.
 """
 import collections
 import dataclasses
@@ -20,8 +25,8 @@ import threading
 import urllib.parse
 
 # Every request, in order, so tests can assert what the client did.
-# range: the Range header or None; sent: body bytes actually written.
-Request = collections.namedtuple("Request", "method path query range status sent")
+# range: the Range header or None; sent: body bytes written (before a stall, if it stalled).
+Request = collections.namedtuple("Request", "method path query range status sent stalled")
 
 
 @dataclasses.dataclass
@@ -30,13 +35,16 @@ class File:
     ignore_range: bool = False
     cut_after: int = None
     cut_times: int = None
+    stall_after: int = None
+    stall_for: float = None  # seconds
+    stall_times: int = None
     status: int = None
     status_times: int = None
     headers: dict = dataclasses.field(default_factory=dict)  # extra response headers
 
 
 def _take(file, knob):
-    """True if `knob` ('cut' / 'status') applies to this request; counts it down."""
+    """True if `knob` ('cut' / 'stall' / 'status') applies to this request; counts it down."""
     left = getattr(file, f"{knob}_times")
     if left is not None:
         if left <= 0:
@@ -63,7 +71,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         parts = urllib.parse.urlsplit(self.path)
         rng = self.headers.get("Range")
-        status, body, cut, extra = 404, b"not found\n", None, {}
+        status, body, cut, stall, extra = 404, b"not found\n", None, None, {}
         with owner.lock:  # handler threads run concurrently and the knobs count down
             file = owner.files.get(parts.path)
             if file is not None and file.status is not None and _take(file, "status"):
@@ -72,10 +80,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status, body, extra = self._select(file, rng)
                 if status != 416 and file.cut_after is not None and send_body and _take(file, "cut"):
                     cut = file.cut_after
+                if status != 416 and file.stall_after is not None and send_body and _take(file, "stall"):
+                    stall = (file.stall_after, file.stall_for)
         sent = body if cut is None else body[:cut]
+        before_stall = sent if stall is None else sent[:stall[0]]
         with owner.lock:  # logged before answering: the client may be done before we are
             owner.requests.append(Request(self.command, parts.path, parts.query, rng, status,
-                                          len(sent) if send_body else 0))
+                                          len(before_stall) if send_body else 0, stall is not None))
         self.send_response(status)
         for key, value in extra.items():
             self.send_header(key, value)
@@ -83,7 +94,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))  # the full length, even when cut
         self.end_headers()
         if send_body:
-            self.wfile.write(sent)
+            self.wfile.write(before_stall)
+            self.wfile.flush()
+            # Woken early by stop(): close instead of sending the rest.
+            if stall is not None and not owner.stopping.wait(stall[1]):
+                self.wfile.write(sent[len(before_stall):])
         self.wfile.flush()
         self.close_connection = True  # after a cut the client sees EOF mid-body
 
@@ -102,7 +117,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+    # Non-daemon handler threads, so server_close() joins them (block_on_close):
+    # stop() returns only when no handler is left running.
+    daemon_threads = False
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -114,6 +131,7 @@ class LoopbackServer:
 
     def __init__(self, files=None):
         self.files, self.requests, self.lock = {}, [], threading.Lock()
+        self.stopping = threading.Event()  # set by stop(): stalled handlers give up
         for path, body in (files or {}).items():
             self.add(path, body)
         self._httpd = self._thread = None
@@ -133,6 +151,7 @@ class LoopbackServer:
             return [r for r in self.requests if r.path == path]
 
     def start(self):
+        self.stopping.clear()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         # A short poll interval keeps stop() fast.
@@ -144,6 +163,7 @@ class LoopbackServer:
     def stop(self):
         if self._thread is None:
             return
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()  # closes the socket and joins the request threads
         self._thread.join(timeout=5)

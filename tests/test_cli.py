@@ -2,7 +2,6 @@
 import argparse
 import os
 import subprocess
-import sys
 import venv as stdlib_venv
 
 import pytest

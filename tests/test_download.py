@@ -1,21 +1,26 @@
-"""common/download.py and the download path of common/prepare.py, against a loopback server.
+"""common/prep/download.py and the download path of common/prep/main.py, against a loopback server.
 
 Every request goes to 127.0.0.1 (tests/loopback_http.py) with a timeout of a few
 seconds, and every server the tests start is stopped by its fixture.
 """
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 import uuid
 
 import pytest
 import requests
+import urllib3
 
 from common.prep import download as dl
 from common.prep import main as prepare
@@ -78,6 +83,23 @@ def test_loopback_server_answers_head_get_and_ranges(server, body):
     assert requests.get(server.url("/nope"), timeout=5).status_code == 404
     assert [(r.method, r.status) for r in server.requests] == [
         ("HEAD", 200), ("GET", 206), ("GET", 416), ("GET", 404)]
+
+
+def test_loopback_server_stalls_mid_body_and_stop_does_not_wait_for_the_stall(body):
+    threads_before = set(threading.enumerate())
+    server = LoopbackServer().start()
+    try:
+        server.add(PATH, body, stall_after=1000, stall_for=30)
+        with requests.get(server.url(PATH), stream=True, timeout=(2, 0.3)) as resp:
+            assert resp.raw.read(1000) == body[:1000]
+            with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+                resp.raw.read(1)
+        assert [(r.sent, r.stalled) for r in server.hits(PATH)] == [(1000, True)]
+    finally:
+        started = time.monotonic()
+        server.stop()  # the handler is still in its 30 s stall
+    assert time.monotonic() - started < 2
+    assert set(threading.enumerate()) == threads_before  # no handler thread left behind
 
 
 # ---------------------------------------------------------------- download()
@@ -157,6 +179,37 @@ def test_part_file_longer_than_the_file_is_discarded(server, body, dest):
     assert read(dest) == body
 
 
+def test_longer_part_file_without_a_checksum_is_not_taken_as_complete(server, body, dest):
+    # A zoo file's first download has no checksum to catch a stale tail: the size must.
+    write(dest + ".part", body + b"stale tail of an older, longer version")
+    server.add(PATH, body)
+    dl.download(server.url(PATH), dest, checksum=None, **FAST)
+    assert read(dest) == body
+    assert [r.status for r in server.hits(PATH)] == [416, 200]
+
+
+def test_a_stalled_transfer_times_out_and_is_resumed(server, body, dest):
+    stall = CHUNK + 100
+    server.add(PATH, body, stall_after=stall, stall_for=20, stall_times=1)
+    started = time.monotonic()
+    dl.download(server.url(PATH), dest, checksum=("md5", md5(body)), timeout=(2.0, 0.5), backoff=0)
+    assert time.monotonic() - started < 5  # the 0.5 s read timeout, not the 20 s stall
+    assert [(r.range, r.status, r.stalled) for r in server.hits(PATH)] == [
+        (None, 200, True), (f"bytes={stall}-", 206, False)]
+    assert read(dest) == body
+
+
+def test_a_server_that_always_stalls_ends_in_one_short_line(server, body, dest):
+    server.add(PATH, body, stall_after=1000, stall_for=20)
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(server.url(PATH), dest, retries=2, timeout=(2.0, 0.3), backoff=0)
+    message = str(error.value)
+    assert "stalled" in message and "after 3 attempts" in message, message
+    assert "\n" not in message and len(message) < 200, message
+    assert len(server.hits(PATH)) == 3
+    assert read(dest + ".part") == body[:3000]  # every received byte kept for the next run
+
+
 @pytest.mark.parametrize("prefix", ["right", "wrong"])
 def test_server_ignoring_range_restarts_from_byte_zero(server, body, dest, prefix):
     have = 50_000
@@ -202,6 +255,70 @@ def test_404_is_a_user_error_without_retries(server, dest):
         dl.download(server.url("/missing.tar"), dest, retries=3, **FAST)
     assert len(server.hits("/missing.tar")) == 1
     assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
+    assert not os.path.exists(os.path.dirname(dest))  # made for the download, left empty: removed
+
+
+def counting_fetch(monkeypatch):
+    """Wrap download.py's one-request function; returns the list of URLs it was called with."""
+    calls, real = [], dl._fetch
+    monkeypatch.setattr(dl, "_fetch", lambda url, *a: (calls.append(url), real(url, *a))[1])
+    return calls
+
+
+def assert_short_line(message):
+    assert "\n" not in message and len(message) < 200, message
+    for raw in ("HTTPConnectionPool", "Max retries", "Caused by", "object at 0x"):
+        assert raw not in message, message
+
+
+def test_unknown_host_fails_at_once_without_retries(dest, monkeypatch):
+    url = "http://no-such-host.invalid/files/blob.bin"  # RFC 2606: .invalid resolves nowhere
+    started = time.monotonic()
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    assert time.monotonic() - started < 2, "this machine's resolver is slow: the test below cannot time it"
+    calls = counting_fetch(monkeypatch)
+    started = time.monotonic()
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(url, dest, retries=5, timeout=(2.0, 5.0), backoff=1.0)  # retries would sleep 31 s
+    assert time.monotonic() - started < 3
+    assert calls == [url]
+    assert "no-such-host.invalid not found" in str(error.value)
+    assert_short_line(str(error.value))
+
+
+def free_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_connection_refused_is_retried_and_ends_in_one_short_line(dest, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/files/blob.bin"
+    calls = counting_fetch(monkeypatch)
+    with pytest.raises(dl.DownloadError) as error:
+        dl.download(url, dest, retries=2, **FAST)
+    assert len(calls) == 3
+    assert "connection refused by 127.0.0.1" in str(error.value) and "after 3 attempts" in str(error.value)
+    assert_short_line(str(error.value))
+
+
+@pytest.mark.parametrize("status, attempts", [(403, 1), (410, 1), (400, 1), (429, 3), (500, 3)])
+def test_only_retryable_http_statuses_are_retried(server, body, dest, status, attempts):
+    server.add(PATH, body, status=status)
+    with pytest.raises(dl.DownloadError, match=f"HTTP {status}") as error:
+        dl.download(server.url(PATH), dest, retries=2, **FAST)
+    assert len(server.hits(PATH)) == attempts
+    assert_short_line(str(error.value))
+
+
+@pytest.mark.parametrize("url", ["data.caltech.edu/x.tar", "ftp://example.invalid/x.tar", "http:///x.tar"])
+def test_malformed_url_is_a_download_error_at_once(dest, monkeypatch, url):
+    calls = counting_fetch(monkeypatch)
+    with pytest.raises(dl.DownloadError, match="not a valid http"):
+        dl.download(url, dest, retries=3, **FAST)
+    assert len(calls) == 1
 
 
 def test_503_twice_then_ok_succeeds(server, body, dest):
@@ -377,12 +494,34 @@ def test_prepare_downloads_resumes_extracts_and_packs(server, caltech_tar, tmp_p
     assert (out / "classes.txt").read_text() == "".join(f"{c}\n" for c in CLASSES)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["num_classes"], summary["train_images"], summary["val_images"]) == (3, 9, 9)
+    # What was used: the URL, the MD5 it was verified against, the archive and its folder.
+    assert summary["source"] == {"folder": str(download_dir / "256_ObjectCategories"),
+                                 "url": server.url(TAR_PATH) + "?download=1", "md5": md5(caltech_tar),
+                                 "archive": str(download_dir / TAR_NAME)}
+    assert summary["prefix"] == "caltech256" and "src" not in summary["options"]
     assert [c["name"] for c in summary["excluded_classes"]] == ["257.clutter"]
     for set_name in ("train", "val"):
         base = out / f"caltech256-{set_name}"
         rows = read_lst(str(base) + ".lst")
         assert sorted(label for _, label, _ in rows) == [0.0] * 3 + [1.0] * 3 + [2.0] * 3
         verify_records(str(base) + ".idx", str(base) + ".rec", [label for _, label, _ in rows])
+
+
+def test_a_failed_run_keeps_the_users_folder_and_the_received_bytes(server, caltech_tar, tmp_path,
+                                                                   monkeypatch, restore_logging):
+    server.add(TAR_PATH, caltech_tar, cut_after=CHUNK)  # every body is cut
+    monkeypatch.setattr(dl, "download", functools.partial(dl.download, retries=1, backoff=0,
+                                                          timeout=(2.0, 5.0)))
+    out = tmp_path / "mine"
+    out.mkdir()  # the user's own, empty folder
+    download_dir = tmp_path / "new" / "download"
+    with pytest.raises(UserError, match="gave up after 2 attempts.*pass --src DIR"):
+        prepare.main(["--url", server.url(TAR_PATH), "--md5", md5(caltech_tar), "--num-thread", "1",
+                      "--download-dir", str(download_dir), "--out", str(out)])
+    assert out.is_dir() and os.listdir(out) == []
+    # Made by the run but not empty: kept, so the next run resumes from byte 2 * CHUNK.
+    assert os.listdir(download_dir) == [TAR_NAME + ".part"]
+    assert read(download_dir / (TAR_NAME + ".part")) == caltech_tar[: 2 * CHUNK]
 
 
 def test_prepare_data_sh_wrong_md5_is_one_error_line(server, caltech_tar, tmp_path):
@@ -401,4 +540,5 @@ def test_prepare_data_sh_wrong_md5_is_one_error_line(server, caltech_tar, tmp_pa
              if line.strip() and "%|" not in line and "\r" not in line]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("prepare_data.sh: error:") and "checksum" in lines[0]
-    assert os.listdir(download_dir) == []  # the bad download was removed, .part included
+    # The bad download was removed, .part included, and so was the folder the run made for it.
+    assert not download_dir.exists()

@@ -1,4 +1,4 @@
-"""common/modelzoo.py against a loopback copy of the zoo, and common/checkpoint.py.
+"""common/train/modelzoo.py against a loopback copy of the zoo, and common/checkpoint.py.
 
 The zoo publishes no checksums, so the first download records each file's SHA-256
 beside it and every later use is checked against that record. The "zoo" here is a
@@ -8,6 +8,7 @@ zoo's own relative paths; every server is stopped by its fixture.
 import functools
 import hashlib
 import os
+import time
 
 import mxnet as mx
 import pytest
@@ -147,6 +148,20 @@ def test_missing_zoo_file_is_a_user_error_and_leaves_nothing(server, model_dir):
     _, params_file = local_files(model_dir)
     assert not [p for p in (params_file, params_file + ".sha256", params_file + ".part")
                 if os.path.exists(p)]
+
+
+def test_unreachable_zoo_fails_at_once_and_points_to_a_local_checkpoint(model_dir, monkeypatch):
+    calls, real_fetch = [], dl._fetch
+    monkeypatch.setattr(dl, "_fetch", lambda url, *a: (calls.append(url), real_fetch(url, *a))[1])
+    started = time.monotonic()
+    with pytest.raises(UserError) as error:  # .invalid never resolves (RFC 2606)
+        modelzoo.resolve_pretrained(NAME, 0, model_dir, base_url="http://zoo.invalid/models/")
+    assert time.monotonic() - started < 3
+    assert calls == ["http://zoo.invalid/models/" + _SYMBOL_FILE]  # no retry, no second file
+    message = str(error.value)
+    assert "zoo.invalid not found" in message and "pass --pretrained-model PREFIX" in message
+    assert "\n" not in message and len(message) < 250 and "Caused by" not in message
+    assert not os.path.exists(model_dir)
 
 
 def test_local_prefix_is_returned_as_is(server, tmp_path, model_dir):

@@ -1,10 +1,13 @@
 """prepare_data.sh end to end on generated trees: split, lists, RecordIO, reruns, misuse."""
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import cv2
 import mxnet as mx
@@ -13,7 +16,7 @@ import pytest
 
 from common.prep import main as prepare
 from common.prep.imagefolder import read_lst
-from tools.imagegen import add_problem_files, make_class_tree
+from tools.imagegen import add_problem_files, class_image, make_class_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "prepare_data.sh")
@@ -84,6 +87,10 @@ def test_counts_classes_and_summary(prepared, src):
     for set_name in ("train", "val"):
         lst = prepared / f"caltech256-{set_name}.lst"
         assert summary["lists"][set_name]["lst_sha256"] == hashlib.sha256(lst.read_bytes()).hexdigest()
+    # Caltech's folder given as --src: Caltech's name, but no download is claimed.
+    assert (summary["prefix"], summary["source"]) == ("caltech256", {"folder": str(src["root"])})
+    assert {"url", "md5", "download_dir"}.isdisjoint(summary["options"])
+    assert summary["options"]["src"] == str(src["root"])
 
 
 def test_records_match_lists_with_three_channels_and_resized_shorter_side(prepared, src):
@@ -113,7 +120,7 @@ def test_image_record_iter_reads_the_packed_set(prepared):
 
 
 def test_lists_are_byte_identical_for_a_copy_elsewhere_and_change_with_the_seed(prepared, src, tmp_path):
-    copy = tmp_path / "elsewhere" / "data"
+    copy = tmp_path / "elsewhere" / "256_ObjectCategories"  # the same name: the same prefix
     shutil.copytree(src["root"], copy)
     run_prepare(copy, tmp_path / "again")
     run_prepare(copy, tmp_path / "seed1", "--seed", "1")
@@ -121,6 +128,80 @@ def test_lists_are_byte_identical_for_a_copy_elsewhere_and_change_with_the_seed(
         name = f"caltech256-{set_name}.lst"
         assert (tmp_path / "again" / name).read_bytes() == (prepared / name).read_bytes()
         assert (tmp_path / "seed1" / name).read_bytes() != (prepared / name).read_bytes()
+
+
+def test_split_is_byte_identical_across_processes_with_other_hash_seeds(tmp_path):
+    # Python randomises str hashes per process: a split keyed on hash() or on a
+    # set's order would agree with itself in one process and differ between two.
+    src = tmp_path / "photos"
+    make_class_tree(str(src), [40, 40, 40], min_side=8, max_side=12)
+    env = dict(os.environ, PYTHONPATH=REPO, TQDM_DISABLE="1")
+    hashes, lists = set(), []
+    for seed in ("1", "2"):
+        cwd = tmp_path / f"run{seed}"
+        cwd.mkdir()
+        run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60, cwd=cwd,
+                                env=dict(env, PYTHONHASHSEED=seed))
+        hashes.add(run([sys.executable, "-c", "print(hash('001.class0/001_0001.jpg'))"]).stdout)
+        proc = run([sys.executable, "-m", "common.prep.main", "--src", "../photos", "--out", f"out{seed}",
+                    "--train-per-class", "20", "--resize", "8", "--num-thread", "1"])
+        assert proc.returncode == 0, proc.stderr
+        lists.append([(cwd / f"out{seed}" / f"photos-{name}.lst").read_bytes() for name in ("train", "val")])
+    assert len(hashes) == 2  # the two processes really hash strings differently
+    assert lists[0] == lists[1]
+    assert len(read_lst(str(tmp_path / "run1" / "out1" / "photos-train.lst"))) == 60
+
+
+def write_bmp_tree(root, counts=(6, 6), seed=0):
+    """Class folders of 20x24 BMPs: every BMP of that size has the same byte count."""
+    rng = np.random.default_rng(seed)
+    for label, count in enumerate(counts):
+        os.makedirs(os.path.join(root, f"c{label}"), exist_ok=True)
+        for j in range(count):
+            cv2.imwrite(os.path.join(root, f"c{label}", f"{j:02d}.bmp"),
+                        class_image(rng, label, 20, 24))
+    return root
+
+
+def repaint(path, keep_mtime=False):
+    """Rewrite an image in place with other pixels and the same size in bytes."""
+    info = os.stat(path)
+    cv2.imwrite(path, class_image(np.random.default_rng(99), 5, 20, 24))
+    assert os.path.getsize(path) == info.st_size
+    if keep_mtime:  # as a tar extraction or `cp -p` restores it
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["resize", "quality", "src", "content"])
+def test_rerun_repacks_when_an_input_of_the_pack_changed(tmp_path, change):
+    src = write_bmp_tree(str(tmp_path / "photos"))
+    options = {"--resize": "16", "--quality": "90"}
+    flags = lambda: [item for pair in options.items() for item in pair]  # noqa: E731
+    out = tmp_path / "out"
+    run_prepare(src, out, "--train-per-class", "3", *flags())
+    first = [(out / f"photos-{name}.rec").read_bytes() for name in ("train", "val")]
+    if change == "resize":
+        options["--resize"] = "18"
+    elif change == "quality":
+        options["--quality"] = "50"
+    elif change == "src":
+        # Another copy: the same names, sizes and mtimes, but one image differs.
+        copy = str(tmp_path / "other" / "photos")
+        shutil.copytree(src, copy)
+        for name in ("train", "val"):  # every set gets a changed image
+            rel = read_lst(str(out / f"photos-{name}.lst"))[0][2]
+            repaint(os.path.join(copy, rel), keep_mtime=True)
+        src = copy
+    else:
+        for name in ("train", "val"):
+            repaint(os.path.join(src, read_lst(str(out / f"photos-{name}.lst"))[0][2]))
+    run_prepare(src, out, "--train-per-class", "3", *flags())
+    fresh = tmp_path / "fresh"
+    run_prepare(src, fresh, "--train-per-class", "3", *flags())
+    for index, name in enumerate(("train", "val")):
+        again = (out / f"photos-{name}.rec").read_bytes()
+        assert again != first[index], f"{name}: the change does not show in the packed bytes"
+        assert again == (fresh / f"photos-{name}.rec").read_bytes(), f"{name}: stale pack reused"
 
 
 def test_rerun_skips_finished_sets_and_force_repacks(src, tmp_path):
@@ -163,7 +244,7 @@ def test_tiny_classes_keep_labels_and_a_validation_image(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [(c["train"], c["val"]) for c in summary["classes"]] == [(5, 3), (1, 0), (2, 1), (5, 3)]
     assert any("NO validation image" in w and "002.class1" in w for w in summary["warnings"])
-    val_labels = {label for _, label, _ in read_lst(str(tmp_path / "out" / "caltech256-val.lst"))}
+    val_labels = {label for _, label, _ in read_lst(str(tmp_path / "out" / "src-val.lst"))}
     # Class 1 has no validation image, and the labels after it are not shifted.
     assert val_labels == {0.0, 2.0, 3.0}
 
@@ -174,8 +255,8 @@ def cli(*args, cwd=None):
                           cwd=cwd, env=env)
 
 
-@pytest.mark.parametrize("case", ["missing_src", "no_class_folders", "no_images", "unknown_option",
-                                  "non_numeric", "unwritable_out", "zero_train"])
+@pytest.mark.parametrize("case", ["missing_src", "src_is_a_file", "no_class_folders", "no_images",
+                                  "unknown_option", "non_numeric", "unwritable_out", "zero_train"])
 def test_bad_input_is_one_line_and_non_zero(case, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -190,6 +271,7 @@ def test_bad_input_is_one_line_and_non_zero(case, tmp_path):
     make_class_tree(str(src), [2, 2])
     args, expected = {
         "missing_src": (["--src", str(tmp_path / "nope")], "no such folder"),
+        "src_is_a_file": (["--src", str(blocker)], f"--src {blocker}: is a file, not a folder; expected"),
         "no_class_folders": (["--src", str(flat)], "no class subfolders"),
         "no_images": (["--src", str(no_images)], "no image files"),
         "unknown_option": (["--src", str(src), "--bogus"], "--bogus"),
@@ -204,4 +286,71 @@ def test_bad_input_is_one_line_and_non_zero(case, tmp_path):
     assert result.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("prepare_data.sh: error:"), result.stderr
     assert expected in lines[0]
-    assert not (tmp_path / "out" / "summary.json").exists()
+    assert not (tmp_path / "out").exists()  # made by the run, empty: removed again
+
+
+def test_offline_download_fails_at_once_with_a_hint_and_leaves_no_empty_folder(tmp_path):
+    started = time.monotonic()
+    # .invalid never resolves (RFC 2606): a name lookup that fails, without any real DNS.
+    result = cli("--url", "http://caltech.invalid/256_ObjectCategories.tar",
+                 "--download-dir", str(tmp_path / "new" / "download"), "--out", str(tmp_path / "new" / "out"),
+                 cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    # One line: no 'retrying' warning either (a retry would also wait 1 s, then 2, 4...).
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("prepare_data.sh: error: cannot download http://caltech.invalid/")
+    assert "caltech.invalid not found" in lines[0] and "pass --src DIR" in lines[0]
+    assert len(lines[0]) < 250 and "Caused by" not in lines[0]
+    assert elapsed < 10
+    assert os.listdir(tmp_path) == []  # new/, new/download and new/out were all removed
+
+
+def test_another_dataset_is_named_after_its_folder_with_an_honest_summary(tmp_path, capsys):
+    src = tmp_path / "My Flowers (v2)"
+    make_class_tree(str(src), [4, 4])
+    out = tmp_path / "out"
+    run_prepare(src, out)
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [
+        "classes.txt", "my-flowers-v2-train.idx", "my-flowers-v2-train.lst", "my-flowers-v2-train.rec",
+        "my-flowers-v2-val.idx", "my-flowers-v2-val.lst", "my-flowers-v2-val.rec", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prefix"] == summary["options"]["prefix"] == "my-flowers-v2"
+    assert summary["source"] == {"folder": str(src)}  # no URL, no MD5: nothing was downloaded
+    assert {"url", "md5", "download_dir"}.isdisjoint(summary["options"])
+    assert "prefix: my-flowers-v2 (the --src folder's name, My Flowers (v2);" in capsys.readouterr().out
+
+
+def test_prefix_option_overrides_the_folder_name(tmp_path):
+    src = tmp_path / "flowers"
+    make_class_tree(str(src), [3, 3])
+    run_prepare(src, tmp_path / "out", "--prefix", "mine")
+    assert (tmp_path / "out" / "mine-train.rec").is_file()
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(("flowers", ".flowers"))]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["prefix_from"] == "--prefix"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--src", "data/256_ObjectCategories"], "caltech256"),
+    (["--src", "101_ObjectCategories"], "caltech101"),
+    (["--src", "My Flowers (v2)"], "my-flowers-v2"),
+    (["--src", "photos/"], "photos"),
+    (["--src", "sets/.hidden_set"], "hidden_set"),
+    (["--src", "flowers_102"], "flowers_102"),
+    (["--src", "花"], "dataset"),
+    ([], "caltech256"),  # the default download: 256_ObjectCategories.tar
+    (["--url", "http://example.invalid/get/flowers.tar.gz?x=1"], "flowers"),
+    (["--src", "photos", "--prefix", "mine"], "mine"),
+])
+def test_default_prefix(argv, expected):
+    assert prepare.resolve_prefix(prepare.get_parser().parse_args(argv))[0] == expected
+
+
+def test_download_options_given_with_src_are_reported_unused(tmp_path, caplog):
+    src = tmp_path / "flowers"
+    make_class_tree(str(src), [3, 3])
+    with caplog.at_level(logging.WARNING):
+        run_prepare(src, tmp_path / "out", "--url", "http://example.invalid/other.tar")
+    assert f"--url not used: --src {src} is read instead of a download" in caplog.text
+    assert "url" not in json.loads((tmp_path / "out" / "summary.json").read_text())["options"]

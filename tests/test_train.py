@@ -153,7 +153,7 @@ def pretrained(tmp_path_factory):
         shutil.rmtree(os.path.join(src, name))
     with contextlib.redirect_stdout(io.StringIO()):
         prepare.main(["--src", src, "--out", out, "--train-per-class", "30",
-                      "--resize", str(trainkit.RESIZE), "--num-thread", "1"])
+                      "--resize", str(trainkit.RESIZE), "--num-thread", "1", "--prefix", "caltech256"])
     prefix = root / "model" / "colours6"
     stdout = train(out, prefix, "--mode", "scratch", *LEARN, epochs=PRETRAIN_EPOCHS)
     return {"prefix": str(prefix), "epoch": PRETRAIN_EPOCHS, "data": out, "stdout": stdout}

@@ -28,7 +28,7 @@ def prepare_dataset(root, counts=(12, 12, 12, 12), train_per_class=8, seed=0):
     src, out = os.path.join(root, "src"), os.path.join(root, "data")
     make_class_tree(src, list(counts), seed=seed, min_side=18, max_side=30)
     prepare.main(["--src", src, "--out", out, "--train-per-class", str(train_per_class),
-                  "--resize", str(RESIZE), "--num-thread", "1"])
+                  "--resize", str(RESIZE), "--num-thread", "1", "--prefix", "caltech256"])
     return out
 
 

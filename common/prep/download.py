@@ -5,10 +5,17 @@ matched, so DEST is always a verified file. An interrupted transfer resumes from
 the bytes already in `DEST.part` with an HTTP Range request; a server that
 answers 200 instead of 206 sends the whole file again, so the part file is
 truncated and written from byte 0 (appending would corrupt it).
+
+Failures that retrying cannot fix (unknown host, a malformed URL, HTTP 4xx other
+than 408/429) raise DownloadError at once; transient ones (refused or reset
+connections, timeouts, stalls, HTTP 5xx) are retried with exponential backoff.
+Either way the message is one short line, never urllib3's nested repr.
 """
 import logging
 import os
 import shutil
+import socket
+import ssl
 import tarfile
 import time
 import urllib.parse
@@ -17,18 +24,51 @@ import requests
 import urllib3
 
 from ..cli import UserError, progress
-from ..fsutil import file_digest, read_json, write_json_atomic
+from ..fsutil import file_digest, makedirs_tracked, read_json, remove_empty_folders, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
 # Connect / read timeouts in seconds; a stalled read is retried (and resumed).
 DEFAULT_TIMEOUT = (15.0, 60.0)
-_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_RETRYABLE_4XX = {408, 429}  # request timeout, too many requests: worth another try
+
+
+class DownloadError(UserError):
+    """A download failed (after its retries, if retrying could help); the message is one line.
+
+    Callers add what the user can do instead (e.g. use a local copy).
+    """
 
 
 class _TransferCut(Exception):
     """The connection ended before the announced length arrived; resume it."""
+
+
+class _HTTPStatus(Exception):
+    """An HTTP error status; `permanent` when asking again cannot change the answer."""
+
+    def __init__(self, resp):
+        super().__init__(f"HTTP {resp.status_code} {resp.reason or ''}".strip())
+        self.permanent = resp.status_code < 500 and resp.status_code not in _RETRYABLE_4XX
+
+
+# (exception types anywhere in the cause chain, permanent?, reason): the first match
+# wins. Order matters: urllib3 derives NameResolutionError and NewConnectionError
+# from ConnectTimeoutError.
+_DIAGNOSES = [
+    ((urllib3.exceptions.NameResolutionError, socket.gaierror), True,
+     "host {host} not found (no network?)"),
+    ((requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+      requests.exceptions.InvalidURL), True, "not a valid http(s) URL"),
+    ((ssl.SSLCertVerificationError,), True, "the TLS certificate of {host} did not verify"),
+    ((ConnectionRefusedError,), False, "connection refused by {host}"),
+    ((ConnectionResetError, ConnectionAbortedError), False, "connection reset by {host}"),
+    ((requests.ConnectTimeout,), False, "no answer from {host} within {connect:g} s"),
+    ((requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError), False,
+     "no data from {host} for {read:g} s"),
+    ((urllib3.exceptions.NewConnectionError,), False, "cannot connect to {host}"),
+]
 
 
 def url_filename(url):
@@ -44,7 +84,11 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
 
     checksum: ('md5' | 'sha256', hex) or None (no verification possible).
     A cached `dest` that fails its checksum is removed and fetched again; a fresh
-    download that fails it is removed and raises UserError.
+    download that fails it is removed and raises UserError. A transfer that fails
+    is retried up to `retries` times (waits of backoff * 2**attempt seconds) unless
+    retrying cannot help; then DownloadError, with the bytes received kept in
+    DEST.part for the next run (a folder made for DEST is removed if it stayed
+    empty). timeout: (connect, read) seconds.
     Returns `dest`.
     """
     if os.path.exists(dest):
@@ -53,8 +97,19 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
             return dest
         log.warning("%s does not match its %s checksum; downloading it again", dest, checksum[0])
         os.remove(dest)
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    part = dest + ".part"
+    created = []
+    makedirs_tracked(os.path.dirname(os.path.abspath(dest)), created)
+    try:
+        _fetch_verified(url, dest + ".part", checksum, retries, timeout, backoff)
+    except BaseException:
+        remove_empty_folders(created)  # made for this download, and nothing arrived
+        raise
+    os.replace(dest + ".part", dest)
+    return dest
+
+
+def _fetch_verified(url, part, checksum, retries, timeout, backoff):
+    """Complete `part` from `url` and check it; a file failing its checksum is removed."""
     resumed = os.path.exists(part)
     _fetch_with_retries(url, part, retries, timeout, backoff)
     if checksum is not None and not _matches(part, checksum) and resumed:
@@ -67,8 +122,6 @@ def download(url, dest, checksum=None, retries=5, timeout=DEFAULT_TIMEOUT, backo
         os.remove(part)
         raise UserError(f"checksum mismatch for {url}: expected {checksum[0]} {checksum[1]}, "
                         f"got {actual}; the bad file was removed")
-    os.replace(part, dest)
-    return dest
 
 
 def _matches(path, checksum):
@@ -81,13 +134,42 @@ def _fetch_with_retries(url, part, retries, timeout, backoff):
         try:
             _fetch(url, part, timeout)
             return
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError, _TransferCut) as exc:
+        except (requests.RequestException, _TransferCut, _HTTPStatus) as exc:
+            permanent, reason = _diagnose(exc, url, timeout)
+            if permanent:
+                raise DownloadError(f"cannot download {url}: {reason}") from None
             if attempt == retries:
-                raise UserError(f"download of {url} failed after {retries + 1} attempts: {exc}") from None
+                tries = f"{retries + 1} attempts" if retries else "1 attempt"
+                raise DownloadError(f"cannot download {url}: {reason} (gave up after {tries})") from None
             wait = backoff * 2 ** attempt
-            log.warning("download interrupted (%s); resuming in %.0f s", exc, wait)
+            log.warning("download of %s failed (%s); retrying in %.0f s",
+                        os.path.basename(part)[: -len(".part")], reason, wait)
             time.sleep(wait)
+
+
+def _diagnose(exc, url, timeout=DEFAULT_TIMEOUT):
+    """(permanent, reason) for a failed request: can a retry help, and why it failed in a few words."""
+    if isinstance(exc, _HTTPStatus):
+        return exc.permanent, str(exc)
+    if isinstance(exc, _TransferCut):
+        return False, str(exc)
+    chain = _causes(exc)
+    connect, read = timeout if isinstance(timeout, (tuple, list)) else (timeout, timeout)
+    host = urllib.parse.urlsplit(url).hostname or url
+    for types, permanent, reason in _DIAGNOSES:
+        if any(isinstance(e, types) for e in chain):
+            return permanent, reason.format(host=host, connect=connect, read=read)
+    return False, type(chain[-1]).__name__  # unknown: worth a retry; the name, not the repr
+
+
+def _causes(exc):
+    """exc and what caused it, outermost first (urllib3 keeps the cause in `.reason`)."""
+    chain = []
+    while isinstance(exc, BaseException) and exc not in chain:
+        chain.append(exc)
+        reason = getattr(exc, "reason", None)
+        exc = reason if isinstance(reason, BaseException) else (exc.__cause__ or exc.__context__)
+    return chain
 
 
 def _fetch(url, part, timeout):
@@ -101,7 +183,8 @@ def _fetch(url, part, timeout):
                 return
             os.remove(part)
             raise _TransferCut("stale partial file discarded")
-        _raise_for_status(url, resp)
+        if resp.status_code >= 400:
+            raise _HTTPStatus(resp)
         if resp.status_code == 206 and _range_start(resp) != offset:
             # A piece of the file from somewhere else: not safe to write anywhere.
             if os.path.exists(part):
@@ -124,13 +207,6 @@ def _expected_size(resp, offset):
     return offset + int(length) if length is not None else None
 
 
-def _raise_for_status(url, resp):
-    if resp.status_code in _RETRYABLE_STATUS:
-        raise requests.ConnectionError(f"HTTP {resp.status_code}")
-    if resp.status_code >= 400:
-        raise UserError(f"cannot download {url}: HTTP {resp.status_code} {resp.reason}")
-
-
 def _stream_body(resp, part, offset, total):
     """Write the response body at `offset` of `part`; returns the new size."""
     mode = "ab" if offset else "wb"
@@ -146,6 +222,8 @@ def _stream_body(resp, part, offset, total):
                     break
                 f.write(chunk)
                 bar.update(len(chunk))
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _TransferCut(f"the transfer stalled after {f.tell()} bytes") from None
         except urllib3.exceptions.HTTPError as exc:
             raise _TransferCut(f"connection broken after {f.tell()} bytes ({type(exc).__name__})") from None
         return f.tell()

@@ -3,17 +3,21 @@
 Steps, each skipped when its finished output is already there (`--force` redoes
 them): download and verify the archive, extract it, check that every image
 decodes, split each class, write classes.txt and the .lst files, pack each set
-into .rec/.idx, write summary.json.
+into .rec/.idx, write summary.json. A run that fails removes the folders it
+created, if they are still empty.
 """
 import argparse
+import hashlib
 import logging
 import os
+import re
 import sys
 
 from . import download as dl
 from ..cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
                   positive_int, run_entry, setup_logging, software_versions)
-from ..fsutil import read_json, text_digest, write_json_atomic, write_text_atomic
+from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_digest,
+                      write_json_atomic, write_text_atomic)
 from .imagefolder import check_file, lst_text, scan_tree, split_class
 from .parallel import parallel_map
 from .pack import pack_set
@@ -25,6 +29,9 @@ CALTECH256_URL = "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectC
 CALTECH256_MD5 = "67b4f42ca05d46448c6bb8ecd2220f6d"  # published checksum of 256_ObjectCategories.tar
 SETS = ("train", "val")
 _REPORT_AT_MOST = 10  # skipped files printed; summary.json lists all
+# Dataset folders (or archive names) whose outputs get their dataset's name.
+KNOWN_DATASETS = {"256_ObjectCategories": "caltech256", "101_ObjectCategories": "caltech101"}
+_DOWNLOAD_ONLY = ("url", "md5", "download_dir")  # options a --src run does not use
 
 
 def get_parser():
@@ -42,8 +49,10 @@ def get_parser():
                      help="where the archive is downloaded and extracted")
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", default="data", help="output folder")
-    out.add_argument("--prefix", default="caltech256", type=_prefix_arg,
-                     help="output names: PREFIX-train.rec, PREFIX-val.rec, ...")
+    out.add_argument("--prefix", type=_prefix_arg,
+                     help="output names: PREFIX-train.rec, PREFIX-val.rec, ... (default: "
+                          "caltech256 for Caltech-256, else the --src folder's or the "
+                          "archive's name, e.g. flowers for --src photos/Flowers)")
     split = parser.add_argument_group("split")
     split.add_argument("--train-per-class", metavar="N", type=positive_int, default=60,
                        help="training images per class")
@@ -80,11 +89,24 @@ def _prefix_arg(text):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logging()
-    _ensure_writable(args.out)
-    root = args.src if args.src else fetch_dataset(args)
+    created = []  # folders this run made: removed again on failure while empty
+    try:
+        prepare(args, created)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+
+
+def prepare(args, created):
+    """Every step for parsed `args`; appends each folder it creates to `created`."""
+    _ensure_writable(args.out, created)
+    _warn_unused(args)
+    prefix, prefix_from = resolve_prefix(args)
+    source = {"folder": args.src} if args.src else fetch_dataset(args, created)
+    root = source["folder"]
     scan = _scan(root, args.include_clutter)
     reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
-                           args.num_thread, _hidden(args, "check-cache"), args.force)
+                           args.num_thread, _hidden(args.out, prefix, "check-cache"), args.force)
     splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
                                 args.train_per_class, args.val_per_class)
               for name, files in scan.classes}
@@ -93,15 +115,23 @@ def main(argv=None):
     lists = {}
     for index, set_name in enumerate(SETS):
         items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
-        lists[set_name] = _write_set(args, root, set_name, items)
-    summary = build_summary(args, root, scan, reasons, splits, lists)
+        lists[set_name] = _write_set(args, prefix, root, set_name, items)
+    summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists)
     write_json_atomic(os.path.join(args.out, "summary.json"), summary)
     print_report(summary, args.out)
 
 
-def _ensure_writable(out):
+def _warn_unused(args):
+    parser = get_parser()
+    given = [f"--{name.replace('_', '-')}" for name in _DOWNLOAD_ONLY
+             if args.src and getattr(args, name) != parser.get_default(name)]
+    if given:
+        log.warning("%s not used: --src %s is read instead of a download", ", ".join(given), args.src)
+
+
+def _ensure_writable(out, created):
     try:
-        os.makedirs(out, exist_ok=True)
+        makedirs_tracked(out, created)
         probe = os.path.join(out, ".write-test")
         with open(probe, "w"):
             pass
@@ -110,23 +140,58 @@ def _ensure_writable(out):
         raise UserError(f"--out {out}: not a writable folder ({exc.strerror})") from None
 
 
-def _hidden(args, what):
-    """Path of a bookkeeping file in --out (hidden, so it is not mistaken for output)."""
-    return os.path.join(args.out, f".{args.prefix}-{what}.json")
+def _hidden(out, prefix, what):
+    """Path of a bookkeeping file in `out` (hidden, so it is not mistaken for output)."""
+    return os.path.join(out, f".{prefix}-{what}.json")
 
 
-def fetch_dataset(args):
-    """Download (or reuse) the --url archive and extract it; returns the dataset root."""
-    os.makedirs(args.download_dir, exist_ok=True)
+def resolve_prefix(args):
+    """(output prefix, where it came from): --prefix, else named after the dataset.
+
+    The dataset's name is its folder's (--src) or its archive's file name (download)
+    without extensions: Caltech's own names map to caltech256 / caltech101, any other
+    becomes a safe file-name form of itself (safe_prefix).
+    """
+    if args.prefix:
+        return args.prefix, "--prefix"
+    if args.src:
+        name, what = os.path.basename(os.path.abspath(args.src)), "the --src folder's name"
+    else:
+        name, what = dl.url_filename(args.url).split(".")[0], "the archive's name"
+    if name in KNOWN_DATASETS:
+        return KNOWN_DATASETS[name], f"{what}, {name}"
+    return safe_prefix(name), f"{what}, {name}"
+
+
+def safe_prefix(name):
+    """`name` as a file-name prefix: lower case; runs of anything but a-z, 0-9, '.', '_'
+    and '-' become '-'; no '-', '.' or '_' at either end; 'dataset' if nothing is left."""
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._") or "dataset"
+
+
+def fetch_dataset(args, created):
+    """Download (or reuse) the --url archive and extract it.
+
+    Returns the source record for summary.json: the extracted dataset folder, the
+    URL, the MD5 it was verified against (None: not verified) and the archive.
+    """
+    makedirs_tracked(args.download_dir, created)
     archive = os.path.join(args.download_dir, dl.url_filename(args.url))
     # --force does not fetch a verified archive again: it is checked on every run.
     if args.md5 is None:
         log.warning("--md5 none: %s will not be verified", args.url)
-    dl.download(args.url, archive, checksum=("md5", args.md5) if args.md5 else None)
-    return dl.extract_once(archive, args.download_dir, force=args.force)
+    try:
+        dl.download(args.url, archive, checksum=("md5", args.md5) if args.md5 else None)
+    except dl.DownloadError as exc:
+        raise UserError(f"{exc}; to work offline, pass --src DIR (an extracted copy of the dataset)") from None
+    folder = dl.extract_once(archive, args.download_dir, force=args.force)
+    return {"folder": folder, "url": args.url, "md5": args.md5, "archive": os.path.abspath(archive)}
 
 
 def _scan(root, include_clutter):
+    if os.path.isfile(root):
+        raise UserError(f"--src {root}: is a file, not a folder; expected the dataset folder "
+                        f"with one subfolder per class (an archive must be extracted first)")
     if not os.path.isdir(root):
         raise UserError(f"--src {root}: no such folder")
     scan = scan_tree(root, include_clutter)
@@ -162,15 +227,23 @@ def check_images(root, rel_paths, workers, cache_path, force=False):
     return {rel: entries[rel][2] for rel in rel_paths}
 
 
-def _write_set(args, root, set_name, items):
-    """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx."""
-    base = os.path.join(args.out, f"{args.prefix}-{set_name}")
+def _write_set(args, prefix, root, set_name, items):
+    """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx.
+
+    The pack's stamp records everything its bytes depend on: the list, each listed
+    file's size and mtime (an image rewritten in place changes them), --resize,
+    --quality and the source folder.
+    """
+    base = os.path.join(args.out, f"{prefix}-{set_name}")
     text = lst_text(items)
     stamp = {"lst_sha256": text_digest(text), "records": len(items),
-             "resize": args.resize, "quality": args.quality, "root": os.path.abspath(root)}
+             "files_sha256": files_digest(root, items),
+             "resize": args.resize,
+             "quality": args.quality,
+             "root": os.path.abspath(root)}
     if not _lst_matches(base + ".lst", text):
         write_text_atomic(base + ".lst", text)
-    stamp_path = _hidden(args, f"{set_name}-done")
+    stamp_path = _hidden(args.out, prefix, f"{set_name}-done")
     if not args.force and _pack_is_current(stamp_path, stamp, base):
         log.info("%s.rec is complete and matches; skipping (use --force to repack)", base)
     else:
@@ -182,6 +255,19 @@ def _write_set(args, root, set_name, items):
         write_json_atomic(stamp_path, stamp)
     return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",
             "images": len(items), "lst_sha256": stamp["lst_sha256"]}
+
+
+def files_digest(root, items):
+    """SHA-256 over each listed file's path, size and mtime (ns), in list order.
+
+    Taken before packing, so a file changed while it is packed is repacked next
+    time. A stat per file: far cheaper than reading the images again.
+    """
+    digest = hashlib.sha256()
+    for _, rel in items:
+        info = os.stat(os.path.join(root, rel))
+        digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _lst_matches(path, text):
@@ -204,21 +290,30 @@ def _pack_is_current(stamp_path, expected, base):
         return False
 
 
-def build_summary(args, root, scan, reasons, splits, lists):
-    """Everything a user needs to trust (or reproduce) the split, as one dict."""
+def build_summary(args, source, prefix, scan, reasons, splits, lists):
+    """Everything a user needs to trust (or reproduce) the split, as one dict.
+
+    source: fetch_dataset's record, or {'folder': --src}; prefix: (name, where it
+    came from). 'options' holds only the options this run used, with the prefix
+    it resolved.
+    """
     classes = []
     for label, (name, files) in enumerate(scan.classes):
         train, val, unused = splits[name]
         classes.append({"label": label, "name": name, "images": len(files),
                         "unreadable": sum(reasons[rel] is not None for rel in files),
                         "train": len(train), "val": len(val), "unused": len(unused)})
+    unused_options = _DOWNLOAD_ONLY if args.src else ("src",)
+    options = {key: value for key, value in vars(args).items() if key not in unused_options}
     return {
-        "source": os.path.abspath(root),
+        "source": dict(source, folder=os.path.abspath(source["folder"])),
+        "prefix": prefix[0],
+        "prefix_from": prefix[1],
         "num_classes": len(classes),
         "train_images": lists["train"]["images"],
         "val_images": lists["val"]["images"],
         "seed": args.seed,
-        "options": {key: value for key, value in vars(args).items()},
+        "options": dict(options, prefix=prefix[0]),
         "classes": classes,
         "warnings": _class_warnings(classes, args.train_per_class),
         "skipped": [{"path": rel, "reason": why} for rel, why in sorted(reasons.items()) if why],
@@ -245,6 +340,7 @@ def _class_warnings(classes, train_per_class):
 
 def print_report(summary, out):
     """The counts a user checks first, on stdout."""
+    print(f"prefix: {summary['prefix']} ({summary['prefix_from']}; --prefix sets another)")
     print(f"{summary['num_classes']} classes")
     for c in summary["excluded_classes"]:
         print(f"  left out: {c['name']} ({c['images']} images): {c['reason']}")

@@ -23,16 +23,21 @@ def parallel_map(func, items, workers, desc, unit="img", chunksize=8):
     items = list(items)
     if not items:
         return
-    # The bar counts a result before handing it out: a consumer such as zip()
-    # may stop pulling after the last one.
     with progress(total=len(items), desc=desc, unit=unit) as bar:
         if workers <= 1 or len(items) <= 1:
             for item in items:
-                result = func(item)
-                bar.update()
-                yield result
+                yield _counted(bar, len(items), func(item))
             return
         with _CONTEXT.Pool(min(workers, len(items)), initializer=_init_worker) as pool:
             for result in pool.imap(func, items, chunksize=chunksize):
-                bar.update()
-                yield result
+                yield _counted(bar, len(items), result)
+
+
+def _counted(bar, total, result):
+    # Counted, and the bar closed after the last one, before it is handed out: a
+    # consumer such as zip() may stop pulling then, leaving this generator suspended
+    # (and its bar's last line unprinted) until it is garbage-collected.
+    bar.update()
+    if bar.n >= total:
+        bar.close()
+    return result

@@ -7,6 +7,7 @@ file that fails the check is fetched again and must then match the record.
 import logging
 import os
 
+from ..cli import UserError
 from ..checkpoint import record_digest, recorded_digest, require_checkpoint, symbol_path, params_path
 from ..prep import download as dl
 
@@ -72,6 +73,10 @@ def fetch(name, model_dir, base_url=ZOO_URL):
 def fetch_recorded(url, path):
     """Download `url` to `path`, checked against the digest recorded at first download."""
     expected = recorded_digest(path)
-    dl.download(url, path, checksum=("sha256", expected) if expected else None)
+    try:
+        dl.download(url, path, checksum=("sha256", expected) if expected else None)
+    except dl.DownloadError as exc:
+        raise UserError(f"{exc}; to work offline, pass --pretrained-model PREFIX "
+                        f"(a local PREFIX-symbol.json + PREFIX-EPOCH.params)") from None
     if expected is None:
         log.info("recorded SHA-256 %s of %s", record_digest(path), path)
