@@ -164,7 +164,7 @@ def run_ours(run_dir, root, items, resize, quality, threads):
     """Time pack_set; returns (seconds, rec path, idx path)."""
     rec, idx = os.path.join(run_dir, _PREFIX + ".rec"), os.path.join(run_dir, _PREFIX + ".idx")
     start = time.perf_counter()
-    pack_set(root, items, rec, idx, resize, quality, threads, f"ours t={threads}")
+    pack_set(root, items, rec, idx, resize=resize, quality=quality, workers=threads, desc=f"ours t={threads}")
     return time.perf_counter() - start, rec, idx
 
 

@@ -22,6 +22,7 @@ _MAGIC = 0xCED7230A  # dmlc RecordIO record start
 _LENGTH_MASK = (1 << 29) - 1
 _IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: mx.recordio.IRHeader
 _TRAIN_SUFFIX = "-train.rec"
+_SET_SUFFIXES = (_TRAIN_SUFFIX, "-val.rec")
 
 
 def add_data_args(parser):
@@ -34,7 +35,7 @@ def add_data_args(parser):
     data.add_argument("--data-train", metavar="REC", help="training .rec (default: DATA_DIR/PREFIX-train.rec)")
     data.add_argument("--data-val", metavar="REC", help="validation .rec (default: DATA_DIR/PREFIX-val.rec)")
     data.add_argument("--classes", metavar="FILE", help="class names, one per line "
-                      "(default: classes.txt beside the training .rec)")
+                      "(default: PREFIX-classes.txt beside the training .rec)")
     data.add_argument("--num-classes", metavar="N", type=positive_int, help="must match the data when given")
     data.add_argument("--num-examples", metavar="N", type=positive_int,
                       help="training images; must match the .idx when given")
@@ -115,15 +116,28 @@ def load_dataset(data_dir, prefix, *, data_train=None, data_val=None, classes=No
     return Dataset(train, val, names, class_file)
 
 
+def dataset_file(rec, name):
+    """The file `name` (classes.txt, summary.json) prepare_data.sh wrote for the set `rec`.
+
+    It writes one per dataset, PREFIX-NAME beside PREFIX-train.rec and PREFIX-val.rec,
+    so that several datasets can share a folder; a folder without it but with a
+    plain NAME (one dataset, prepared before) gives that.
+    """
+    folder, base = os.path.split(rec)
+    prefix = next((base[:-len(s)] for s in _SET_SUFFIXES if base.endswith(s)), os.path.splitext(base)[0])
+    own, plain = os.path.join(folder, f"{prefix}-{name}"), os.path.join(folder, name)
+    return plain if not os.path.isfile(own) and os.path.isfile(plain) else own
+
+
 def class_list_path(rec):
-    """The class list prepare_data.sh wrote for the set `rec`: classes.txt beside it."""
-    return os.path.join(os.path.dirname(rec), "classes.txt")
+    """The class list of the set `rec`: PREFIX-classes.txt beside it (see dataset_file)."""
+    return dataset_file(rec, "classes.txt")
 
 
 def read_classes(path):
     """Class names, one per line (line i names label i)."""
     if not os.path.isfile(path):
-        raise UserError(f"class list {path} not found (prepare_data.sh writes classes.txt "
+        raise UserError(f"class list {path} not found (prepare_data.sh writes PREFIX-classes.txt "
                         f"beside the .rec files)")
     with open(path, encoding="utf-8") as f:
         names = [line.rstrip("\n") for line in f if line.strip()]
@@ -170,9 +184,9 @@ def require_record_files(rec, option=None):
 def packed_resize(rec):
     """(shorter side the images of `rec` were packed at, summary.json path), or None.
 
-    Read from the summary.json prepare_data.sh writes beside its .rec files.
+    Read from the PREFIX-summary.json prepare_data.sh writes beside its .rec files.
     """
-    path = os.path.join(os.path.dirname(rec), "summary.json")
+    path = dataset_file(rec, "summary.json")
     summary = read_json(path, {})
     options = summary.get("options") if isinstance(summary, dict) else None
     resize = options.get("resize") if isinstance(options, dict) else None

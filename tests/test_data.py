@@ -74,7 +74,7 @@ def crafted(tmp_path, train_labels, val_labels=(0, 1), num_classes=4, train_payl
     """A data folder with hand-written records and num_classes names in classes.txt."""
     data_dir = str(tmp_path / "crafted")
     os.makedirs(data_dir)
-    with open(path(data_dir, "classes.txt"), "w", encoding="utf-8") as f:
+    with open(path(data_dir, f"{PREFIX}-classes.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{i:03d}.class{i}\n" for i in range(num_classes))
     write_records(data_dir, f"{PREFIX}-train", train_labels, train_payloads)
     write_records(data_dir, f"{PREFIX}-val", val_labels)
@@ -90,10 +90,10 @@ def truncate(file, size):
 
 def test_counts_and_classes(packed):
     dataset = load(packed)
-    with open(path(packed, "classes.txt"), encoding="utf-8") as f:
+    with open(path(packed, f"{PREFIX}-classes.txt"), encoding="utf-8") as f:
         assert dataset.classes == f.read().split()
     assert dataset.num_classes == len(COUNTS)
-    assert dataset.classes_file == path(packed, "classes.txt")
+    assert dataset.classes_file == path(packed, f"{PREFIX}-classes.txt")
     assert len(dataset.train) == len(COUNTS) * TRAIN_PER_CLASS
     assert len(dataset.val) == sum(COUNTS) - len(COUNTS) * TRAIN_PER_CLASS
     assert dataset.train.rec == path(packed, f"{PREFIX}-train.rec")
@@ -211,7 +211,7 @@ def test_empty_idx_is_an_error(data_dir):
 
 
 @pytest.mark.parametrize("name", [f"{PREFIX}-train.rec", f"{PREFIX}-train.idx", f"{PREFIX}-val.rec",
-                                  f"{PREFIX}-val.idx", "classes.txt"])
+                                  f"{PREFIX}-val.idx", f"{PREFIX}-classes.txt"])
 def test_missing_file_is_named(data_dir, name):
     os.remove(path(data_dir, name))
     with pytest.raises(UserError) as error:
@@ -241,7 +241,7 @@ def test_num_classes_must_match_classes_txt(packed):
         load(packed, num_classes=len(COUNTS) + 1)
     message = str(error.value)
     assert f"--num-classes {len(COUNTS) + 1}" in message and f"{len(COUNTS)} classes" in message
-    assert path(packed, "classes.txt") in message
+    assert path(packed, f"{PREFIX}-classes.txt") in message
 
 
 def test_num_examples_must_match_the_idx(packed):
@@ -259,7 +259,7 @@ def test_explicit_paths_override_the_defaults(packed, tmp_path):
     os.makedirs(other)
     for ext in ("rec", "idx"):
         shutil.copy(path(packed, f"{PREFIX}-val.{ext}"), path(other, f"v.{ext}"))
-    shutil.copy(path(packed, "classes.txt"), path(other, "names.txt"))
+    shutil.copy(path(packed, f"{PREFIX}-classes.txt"), path(other, "names.txt"))
     dataset = data.load_dataset(str(tmp_path / "nowhere"), PREFIX,
                                 data_train=path(packed, f"{PREFIX}-train.rec"),
                                 data_val=path(other, "v.rec"), classes=path(other, "names.txt"))

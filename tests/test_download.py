@@ -491,8 +491,8 @@ def test_prepare_downloads_resumes_extracts_and_packs(server, caltech_tar, tmp_p
     assert read(download_dir / TAR_NAME) == caltech_tar  # named without the query string
     assert not (download_dir / (TAR_NAME + ".part")).exists()
 
-    assert (out / "classes.txt").read_text() == "".join(f"{c}\n" for c in CLASSES)
-    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "caltech256-classes.txt").read_text() == "".join(f"{c}\n" for c in CLASSES)
+    summary = json.loads((out / "caltech256-summary.json").read_text())
     assert (summary["num_classes"], summary["train_images"], summary["val_images"]) == (3, 9, 9)
     # What was used: the URL, the MD5 it was verified against, the archive and its folder.
     assert summary["source"] == {"folder": str(download_dir / "256_ObjectCategories"),

@@ -54,7 +54,7 @@ def run(tmp_path_factory):
     assert metrics[-1]["val_acc"] > 0.5, metrics
     val = [(int(label), os.path.join(str(root), "src", rel))
            for _, label, rel in read_lst(os.path.join(data_dir, "caltech256-val.lst"))]
-    with open(os.path.join(data_dir, "classes.txt"), encoding="utf-8") as f:
+    with open(os.path.join(data_dir, "caltech256-classes.txt"), encoding="utf-8") as f:
         classes = f.read().split()
     return types.SimpleNamespace(root=root, data_dir=data_dir, prefix=prefix, metrics=metrics,
                                  val=val, classes=classes, src=os.path.join(str(root), "src"),
@@ -158,7 +158,7 @@ def test_predict_ranks_the_true_class_first_for_files_and_a_folder(run):
     assert result.stderr == ""
     header = result.stdout.splitlines()[0]
     assert f"names from {run.prefix}-classes.txt" in header
-    summary = os.path.join(run.data_dir, "summary.json")
+    summary = os.path.join(run.data_dir, "caltech256-summary.json")
     assert f"input 3,16,16 (PREFIX-args.json); resize 18 (the training data's {summary})" in header
     blocks = parse_blocks(result.stdout)
     in_folder = sorted(os.path.join(folder, name) for name in os.listdir(folder))

@@ -74,8 +74,8 @@ def prepared(src, tmp_path_factory):
 
 
 def test_counts_classes_and_summary(prepared, src):
-    summary = json.loads((prepared / "summary.json").read_text())
-    assert (prepared / "classes.txt").read_text().split() == [f"{i + 1:03d}.class{i}" for i in range(4)]
+    summary = json.loads((prepared / "caltech256-summary.json").read_text())
+    assert (prepared / "caltech256-classes.txt").read_text().split() == [f"{i + 1:03d}.class{i}" for i in range(4)]
     assert summary["num_classes"] == 4
     usable = [COUNTS[0], COUNTS[1] + len(src["decodable"]), COUNTS[2], COUNTS[3]]
     assert [c["train"] for c in summary["classes"]] == [5] * 4
@@ -241,7 +241,7 @@ def test_tiny_classes_keep_labels_and_a_validation_image(tmp_path):
     root = tmp_path / "src"
     make_class_tree(str(root), [8, 1, 3, 8])
     run_prepare(root, tmp_path / "out")
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "src-summary.json").read_text())
     assert [(c["train"], c["val"]) for c in summary["classes"]] == [(5, 3), (1, 0), (2, 1), (5, 3)]
     assert any("NO validation image" in w and "002.class1" in w for w in summary["warnings"])
     val_labels = {label for _, label, _ in read_lst(str(tmp_path / "out" / "src-val.lst"))}
@@ -313,9 +313,10 @@ def test_another_dataset_is_named_after_its_folder_with_an_honest_summary(tmp_pa
     out = tmp_path / "out"
     run_prepare(src, out)
     assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [
-        "classes.txt", "my-flowers-v2-train.idx", "my-flowers-v2-train.lst", "my-flowers-v2-train.rec",
-        "my-flowers-v2-val.idx", "my-flowers-v2-val.lst", "my-flowers-v2-val.rec", "summary.json"]
-    summary = json.loads((out / "summary.json").read_text())
+        "my-flowers-v2-classes.txt", "my-flowers-v2-summary.json", "my-flowers-v2-train.idx",
+        "my-flowers-v2-train.lst", "my-flowers-v2-train.rec", "my-flowers-v2-val.idx", "my-flowers-v2-val.lst",
+        "my-flowers-v2-val.rec"]
+    summary = json.loads((out / "my-flowers-v2-summary.json").read_text())
     assert summary["prefix"] == summary["options"]["prefix"] == "my-flowers-v2"
     assert summary["source"] == {"folder": str(src)}  # no URL, no MD5: nothing was downloaded
     assert {"url", "md5", "download_dir"}.isdisjoint(summary["options"])
@@ -328,7 +329,7 @@ def test_prefix_option_overrides_the_folder_name(tmp_path):
     run_prepare(src, tmp_path / "out", "--prefix", "mine")
     assert (tmp_path / "out" / "mine-train.rec").is_file()
     assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(("flowers", ".flowers"))]
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["prefix_from"] == "--prefix"
+    assert json.loads((tmp_path / "out" / "mine-summary.json").read_text())["prefix_from"] == "--prefix"
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -353,4 +354,22 @@ def test_download_options_given_with_src_are_reported_unused(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         run_prepare(src, tmp_path / "out", "--url", "http://example.invalid/other.tar")
     assert f"--url not used: --src {src} is read instead of a download" in caplog.text
-    assert "url" not in json.loads((tmp_path / "out" / "summary.json").read_text())["options"]
+    assert "url" not in json.loads((tmp_path / "out" / "flowers-summary.json").read_text())["options"]
+
+
+def test_two_datasets_share_an_out_folder_without_mixing_their_classes(tmp_path):
+    """Each dataset gets its own PREFIX-classes.txt and PREFIX-summary.json: training or
+    scoring one never reads the other's class list or resize."""
+    from common import records
+    from common.cli import UserError
+    make_class_tree(str(tmp_path / "birds"), [6, 6, 6], names=["crow", "owl", "wren"])
+    make_class_tree(str(tmp_path / "cars"), [6, 6], names=["sedan", "van"], seed=1)
+    out = tmp_path / "data"
+    run_prepare(tmp_path / "birds", out)
+    run_prepare(tmp_path / "cars", out, "--resize", "40")
+    birds = records.load_dataset(str(out), "birds")
+    cars = records.load_dataset(str(out), "cars")
+    assert (birds.classes, cars.classes) == (["crow", "owl", "wren"], ["sedan", "van"])
+    assert records.packed_resize(birds.val.rec)[0] == 32 and records.packed_resize(cars.val.rec)[0] == 40
+    with pytest.raises(UserError, match=r"holds 2 datasets \(birds, cars\); choose one with --prefix"):
+        records.find_prefix(str(out))

@@ -243,8 +243,8 @@ def two_cpu_run(data_dir, tmp_path_factory):
 def test_pretrained_checkpoint_learned_its_own_six_classes(pretrained, data_dir):
     final = parse_final(pretrained["stdout"])
     assert final["acc"] > WELL_ABOVE_CHANCE  # chance 1/6
-    with open(os.path.join(pretrained["data"], "classes.txt")) as f, \
-            open(os.path.join(data_dir, "classes.txt")) as g:
+    with open(os.path.join(pretrained["data"], "caltech256-classes.txt")) as f, \
+            open(os.path.join(data_dir, "caltech256-classes.txt")) as g:
         assert not set(f.read().split()) & set(g.read().split()), "pretraining must use other classes"
 
 
@@ -425,7 +425,7 @@ def test_run_writes_checkpoints_metrics_plot_args_and_classes(last_layer_run, pr
     assert resolved["contexts"] == ["cpu(0)"]
     assert resolved["data_train"] == os.path.join(data_dir, "caltech256-train.rec")
 
-    with open(f"{prefix}-classes.txt", "rb") as f, open(os.path.join(data_dir, "classes.txt"), "rb") as g:
+    with open(f"{prefix}-classes.txt", "rb") as f, open(os.path.join(data_dir, "caltech256-classes.txt"), "rb") as g:
         assert f.read() == g.read()
     assert os.path.isfile(f"{prefix}-train.log")
 
@@ -698,7 +698,7 @@ def broken_data(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("broken")
     folders = {"everything": str(root / "empty")}
     os.makedirs(folders["everything"])
-    for name in ("classes.txt", "caltech256-train.idx", "caltech256-val.rec"):
+    for name in ("caltech256-classes.txt", "caltech256-train.idx", "caltech256-val.rec"):
         folder = str(root / name.replace(".", "_"))
         shutil.copytree(data_dir, folder)
         os.remove(os.path.join(folder, name))
@@ -718,8 +718,8 @@ def _misuse_cases():
          1, ["--batch-size 9", "2 devices"]),
         ("empty-data-dir", lambda d, p, b: ["--data-dir", b["everything"], "--mode", "scratch"],
          1, ["--data-dir", "holds no PREFIX-train.rec", "prepare_data.sh --out"]),
-        ("no-classes", lambda d, p, b: ["--data-dir", b["classes.txt"], "--mode", "scratch"],
-         1, ["classes.txt"]),
+        ("no-classes", lambda d, p, b: ["--data-dir", b["caltech256-classes.txt"], "--mode", "scratch"],
+         1, ["caltech256-classes.txt not found"]),
         ("no-train-idx", lambda d, p, b: ["--data-dir", b["caltech256-train.idx"], "--mode", "scratch"],
          1, ["caltech256-train.idx"]),
         ("no-val-rec", lambda d, p, b: ["--data-dir", b["caltech256-val.rec"], "--mode", "scratch"],

@@ -23,7 +23,7 @@ RESIZE = 18  # packed shorter side: leaves room for a random 16 px crop
 def prepare_dataset(root, counts=(12, 12, 12, 12), train_per_class=8, seed=0):
     """Generate class folders under root/src and pack them into root/data.
 
-    Returns the data folder (classes.txt, caltech256-train/val.rec/.idx/.lst).
+    Returns the data folder (caltech256-classes.txt, -summary.json, -train/val.rec/.idx/.lst).
     """
     src, out = os.path.join(root, "src"), os.path.join(root, "data")
     make_class_tree(src, list(counts), seed=seed, min_side=18, max_side=30)

@@ -2,8 +2,9 @@
 
 Steps, each skipped when its finished output is already there (`--force` redoes
 them): download and verify the archive, extract it, check that every image
-decodes, split each class, write classes.txt and the .lst files, pack each set
-into .rec/.idx, write summary.json. A run that fails removes the folders it
+decodes, split each class, write PREFIX-classes.txt and the .lst files, pack each
+set into .rec/.idx, write PREFIX-summary.json (one of each per dataset, so that
+several datasets can share an --out folder). A run that fails removes the folders it
 created, if they are still empty.
 """
 import argparse
@@ -111,13 +112,13 @@ def prepare(args, created):
                                 args.train_per_class, args.val_per_class)
               for name, files in scan.classes}
     names = [name for name, _ in scan.classes]
-    write_text_atomic(os.path.join(args.out, "classes.txt"), "".join(f"{n}\n" for n in names))
+    write_text_atomic(os.path.join(args.out, f"{prefix}-classes.txt"), "".join(f"{n}\n" for n in names))
     lists = {}
     for index, set_name in enumerate(SETS):
         items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
         lists[set_name] = _write_set(args, prefix, root, set_name, items)
     summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists)
-    write_json_atomic(os.path.join(args.out, "summary.json"), summary)
+    write_json_atomic(summary_path(args.out, prefix), summary)
     print_report(summary, args.out)
 
 
@@ -249,8 +250,8 @@ def _write_set(args, prefix, root, set_name, items):
     else:
         if not items:
             log.warning("the %s set is empty", set_name)
-        pack_set(root, items, base + ".rec", base + ".idx", args.resize, args.quality,
-                 args.num_thread, f"pack {set_name}")
+        pack_set(root, items, base + ".rec", base + ".idx", resize=args.resize, quality=args.quality,
+                 workers=args.num_thread, desc=f"pack {set_name}")
         stamp.update(rec_bytes=os.path.getsize(base + ".rec"), idx_bytes=os.path.getsize(base + ".idx"))
         write_json_atomic(stamp_path, stamp)
     return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",
@@ -338,6 +339,10 @@ def _class_warnings(classes, train_per_class):
     return warnings
 
 
+def summary_path(out, prefix):
+    return os.path.join(out, f"{prefix}-summary.json")
+
+
 def print_report(summary, out):
     """The counts a user checks first, on stdout."""
     print(f"prefix: {summary['prefix']} ({summary['prefix_from']}; --prefix sets another)")
@@ -348,7 +353,7 @@ def print_report(summary, out):
         info = summary["lists"][set_name]
         print(f"{set_name}: {info['images']} images -> {info['rec']}")
     print(f"unreadable images skipped: {len(summary['skipped'])}; "
-          f"non-image files ignored: {len(summary['ignored'])} (see {os.path.join(out, 'summary.json')})")
+          f"non-image files ignored: {len(summary['ignored'])} (see {summary_path(out, summary['prefix'])})")
     for entry in summary["skipped"][:_REPORT_AT_MOST]:
         print(f"  skipped {entry['path']}: {entry['reason']}")
     if len(summary["skipped"]) > _REPORT_AT_MOST:

@@ -27,7 +27,7 @@ def encode_record(job):
     return buf.tobytes(), None
 
 
-def pack_set(root, items, rec_path, idx_path, resize, quality, workers, desc):
+def pack_set(root, items, rec_path, idx_path, *, resize, quality, workers, desc):
     """Write `items` [(label, path relative to root)] as records 0..n-1.
 
     Both files are written under temporary names; the record count is checked

@@ -28,9 +28,9 @@ def add_model_args(parser):
     recipe sets them (train_caltech.py RECIPE).
     """
     model = parser.add_argument_group("model")
-    model.add_argument("--network", choices=list(symbols.NETWORKS),
-                       help="symbols/ network: used by --mode scratch, and to pick the default "
-                            "--pretrained-model and --model-prefix")
+    model.add_argument("--network", choices=list(symbols.NETWORKS), metavar="NAME",
+                       help="symbols/ network (" + ", ".join(symbols.NETWORKS) + "): used by --mode "
+                            "scratch, and to pick the default --pretrained-model and --model-prefix")
     model.add_argument("--mode", choices=MODES, default="full", help="what trains (see README)")
     model.add_argument("--pretrained-model", metavar="NAME|PREFIX",
                        help="model-zoo name (" + ", ".join(modelzoo.MODELS) + ") or a local "
