@@ -20,7 +20,7 @@ import sys
 
 from common import cli, devices, evaluate, records
 from common.fsutil import write_text_atomic
-from common.train import loop, modes, schedule
+from common.train import callbacks, loop, modes, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -78,7 +78,7 @@ def main(argv=None):
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, begin_epoch=args.load_epoch or 0)
     try:
-        val = loop.run(net, dataset, contexts, kv, schedule.schedule_from_args(args), cfg).val
+        val = _train(net, dataset, contexts, kv, schedule.schedule_from_args(args), cfg)
     except (cli.UserError, OSError) as exc:
         log.error("%s", exc, extra=cli.FILE_ONLY)  # the console gets it from run_entry
         raise
@@ -88,6 +88,18 @@ def main(argv=None):
     print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
     return val
+
+
+def _train(net, dataset, contexts, kv, plan, cfg):
+    """loop.run's last validation figures; a callback's StopTraining ends the run early,
+    with the figures of the last epoch it finished."""
+    try:
+        return loop.run(net, dataset, contexts, kv, plan, cfg).val
+    except callbacks.StopTraining as stop:
+        if stop.last is None:
+            raise cli.UserError(f"training stopped before its first epoch ended: {stop}") from None
+        log.info("training stopped after epoch %d: %s", stop.last.epoch, stop)
+        return stop.last.val
 
 
 def _write_run_files(prefix, args, dataset, contexts, batch_size):

@@ -302,6 +302,26 @@ def test_each_epoch_has_its_own_order_and_crops_and_the_seed_changes_the_run(dat
     assert labels(seed1[1]) != labels(seed0[1]) and images(seed1[1]) != images(seed0[1])
 
 
+def test_a_callback_can_stop_training_after_an_epoch(data_dir, tmp_path, monkeypatch):
+    """The plug-in point of early stopping: an epoch-end callback raises StopTraining."""
+    original = loop.default_callbacks
+
+    def stop_after_two(cfg, is_rank0):
+        batch_end, epoch_end = original(cfg, is_rank0)
+
+        def stop(end):
+            if end.epoch == 2:
+                raise callbacks.StopTraining("no better than epoch 1")
+        return batch_end, epoch_end + [stop]
+    monkeypatch.setattr(loop, "default_callbacks", stop_after_two)
+    prefix = tmp_path / "run"
+    stdout = train(data_dir, prefix, "--mode", "scratch", *LEARN, epochs=4)
+    records = metrics(prefix)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert parse_final(stdout)["acc"] == pytest.approx(records[-1]["val_acc"], abs=5.1e-5)
+    assert "training stopped after epoch 2: no better than epoch 1" in open(f"{prefix}-train.log").read()
+
+
 def params_are_finite(prefix):
     """{params file: all arrays finite} for every checkpoint saved under `prefix`."""
     verdict = {}

@@ -133,7 +133,8 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
 
     train_data(epoch): a fresh training iterator for that epoch; validate(module):
     the validation figures. Returns the last epoch's EpochEnd (None for no epoch).
-    A StopTraining from a callback ends the loop; it carries the last EpochEnd.
+    A StopTraining from a callback ends the loop; it carries the last finished
+    EpochEnd: from an epoch-end callback, that epoch's (the callbacks before it ran).
     """
     end = None
     try:
@@ -146,10 +147,9 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
             module.set_params(arg_params, aux_params)
             val = validate(module)
             record = epoch_record(epoch, metric, val, sched.current_lr(module), images, seconds)
-            finished = callbacks.EpochEnd(epoch, module, arg_params, aux_params, record, val)
+            end = callbacks.EpochEnd(epoch, module, arg_params, aux_params, record, val)
             for callback in epoch_end_callbacks:
-                callback(finished)
-            end = finished
+                callback(end)
     except callbacks.StopTraining as stop:
         stop.last = end
         raise
