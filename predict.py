@@ -10,13 +10,14 @@ Exit status 1 if any file could not be read (the others are still predicted).
 """
 from common import venv
 
-venv.ensure("predict.py")  # before the imports below, which need the requirements
+if __name__ == "__main__":
+    venv.ensure("predict.py")  # before the imports below, which need the requirements
 
 import json
 import logging
 import sys
 
-from common import cli, devices
+from common import cli, devices, evaluate
 from common.infer import model as infer_model, predict as infer_predict, settings
 
 log = logging.getLogger("predict")
@@ -54,7 +55,7 @@ def main(argv=None):
     contexts = devices.contexts(args.gpus, args.cpus)
     batch = infer_model.inference_batch(args.batch_size, len(files), len(contexts))
     model = infer_model.load_model(args.model_prefix, args.epoch, shape.value, contexts, batch)
-    top_k = settings.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    top_k = evaluate.resolve_top_k(args.top_k, TOP_K, model.num_classes)
     classes = settings.resolve_classes(args.classes, args.model_prefix, model.num_classes)
     if classes.value is None:
         log.warning("class names: %s", classes.source)

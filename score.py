@@ -10,7 +10,8 @@ confusion.csv and confusion.png to --out-dir (default PREFIX-score-EPOCH-SET/).
 """
 from common import venv
 
-venv.ensure("score.py")  # before the imports below, which need the requirements
+if __name__ == "__main__":
+    venv.ensure("score.py")  # before the imports below, which need the requirements
 
 import datetime
 import logging
@@ -44,12 +45,13 @@ def main(argv=None):
     shape = settings.resolve_image_shape(args.image_shape, settings.recorded_args(args.model_prefix))
     contexts = devices.contexts(args.gpus, args.cpus)
     model = infer_model.load_model(args.model_prefix, args.epoch, shape.value, contexts, args.batch_size)
-    top_k = settings.resolve_top_k(args.top_k, TOP_K, model.num_classes)
+    top_k = evaluate.resolve_top_k(args.top_k, TOP_K, model.num_classes)
     classes = settings.resolve_classes(args.classes, args.model_prefix, model.num_classes)
     infer_score.check_class_map(classes, args.data_val)
     record_set = records.check_record_set(args.data_val, model.num_classes, "--data-val")
-    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val)
-    out_dir = args.out_dir or infer_score.default_out_dir(args.model_prefix, args.epoch, args.data_val)
+    records.warn_if_upscaled(args.data_val, shape.value)
+    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val, shape.value)
+    out_dir = args.out_dir or infer_score.default_out_dir(args.model_prefix, args.epoch, args.data_val, shape)
     infer_score.check_out_dir(out_dir, identity)
     try:
         with fsutil.output_folder(out_dir):
@@ -69,7 +71,7 @@ def _score_and_write(args, model, record_set, classes, shape, contexts, top_k, o
     score = evaluate.evaluate_set(model.module, record_set, image_shape=model.image_shape,
                                   batch_size=model.batch_size, threads=args.data_nthreads,
                                   num_classes=model.num_classes, top_k=top_k)
-    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val)
+    identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val, shape.value)
     figures = dict(identity, **_report(args, model, classes, shape, contexts, top_k, score))
     rows = report.per_class_rows(score.counts, score.hits, classes.value)
     title = (f"{os.path.basename(args.model_prefix)} epoch {args.epoch} on "

@@ -10,7 +10,8 @@ momentum, no weight decay), 16 images per device, random 224 crop + mirror of
 """
 from common import venv
 
-venv.ensure("train_caltech.py")  # before the imports below, which need the requirements
+if __name__ == "__main__":
+    venv.ensure("train_caltech.py")  # before the imports below, which need the requirements
 
 import json
 import logging
@@ -55,16 +56,8 @@ def main(argv=None):
     cli.setup_logging(log_file_later=True)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
              extra=cli.FILE_ONLY)
-    contexts = devices.contexts(args.gpus, args.cpus)
-    devices.check_dtype(args.dtype, contexts)
-    batch_size = args.batch_size or args.batch_per_device * len(contexts)
-    devices.per_device_batch(batch_size, len(contexts))
-    args.prefix = records.find_prefix(args.data_dir, args.prefix, args.data_train)  # args.json records it
-    dataset = records.load_dataset(args.data_dir, args.prefix, data_train=args.data_train,
-                                   data_val=args.data_val, classes=args.classes,
-                                   num_classes=args.num_classes, num_examples=args.num_examples)
-    evaluate.check_top_k(args.top_k, dataset.num_classes)
-    records.warn_if_upscaled(dataset.train.rec, args.image_shape)
+    plan = schedule.schedule_from_args(args)
+    contexts, batch_size, dataset = _devices_and_data(args)
     kv = devices.create_kvstore(args.kv_store)
     net = modes.build_model(mode=args.mode, network=args.network, num_classes=dataset.num_classes,
                             image_shape=args.image_shape, dtype=args.dtype,
@@ -78,16 +71,44 @@ def main(argv=None):
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, begin_epoch=args.load_epoch or 0)
     try:
-        val = _train(net, dataset, contexts, kv, schedule.schedule_from_args(args), cfg)
-    except (cli.UserError, OSError) as exc:
-        log.error("%s", exc, extra=cli.FILE_ONLY)  # the console gets it from run_entry
-        raise
+        val = _logged(_train, net, dataset, contexts, kv, plan, cfg)
     finally:
         if log_file is not None:
             cli.remove_log_file(log_file)
     print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
     return val
+
+
+def _devices_and_data(args):
+    """(contexts, total batch, checked Dataset); resolves args.prefix and args.top_k."""
+    contexts = devices.contexts(args.gpus, args.cpus)
+    devices.check_dtype(args.dtype, contexts)
+    batch_size = args.batch_size or args.batch_per_device * len(contexts)
+    devices.per_device_batch(batch_size, len(contexts))
+    args.prefix = records.find_prefix(args.data_dir, args.prefix, args.data_train)  # args.json records it
+    dataset = records.load_dataset(args.data_dir, args.prefix, data_train=args.data_train,
+                                   data_val=args.data_val, classes=args.classes,
+                                   num_classes=args.num_classes, num_examples=args.num_examples)
+    args.top_k = evaluate.resolve_top_k(args.top_k, loop.TOP_K, dataset.num_classes)
+    devices.check_batch_fits(batch_size, len(dataset.train), len(contexts))
+    records.warn_if_upscaled(dataset.train.rec, args.image_shape)
+    return contexts, batch_size, dataset
+
+
+def _logged(function, *args):
+    """function(*args), with whatever ends it early also in the run's log file."""
+    try:
+        return function(*args)
+    except (cli.UserError, OSError) as exc:
+        log.error("%s", exc, extra=cli.FILE_ONLY)  # the console gets it from run_entry
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted", extra=cli.FILE_ONLY)
+        raise
+    except Exception:
+        log.exception("the run failed", extra=cli.FILE_ONLY)  # the console gets the traceback
+        raise
 
 
 def _train(net, dataset, contexts, kv, plan, cfg):
@@ -108,8 +129,10 @@ def _write_run_files(prefix, args, dataset, contexts, batch_size):
     handler = cli.add_log_file(f"{prefix}-train.log")
     resolved = dict(vars(args), batch_size=batch_size, model_prefix=prefix,
                     contexts=[str(c) for c in contexts], num_classes=dataset.num_classes,
-                    num_examples=len(dataset.train), data_train=dataset.train.rec,
-                    data_val=dataset.val.rec, argv=sys.argv)
+                    num_examples=len(dataset.train), argv=sys.argv,
+                    # absolute: predict.py and score.py read them from any folder
+                    data_train=os.path.abspath(dataset.train.rec), data_val=os.path.abspath(dataset.val.rec),
+                    classes=os.path.abspath(dataset.classes_file))
     write_text_atomic(f"{prefix}-args.json", json.dumps(resolved, indent=2, default=str) + "\n")
     shutil.copyfile(dataset.classes_file, f"{prefix}-classes.txt")
     log.info("run %s: %d classes, %d training and %d validation images, batch %d on %s",

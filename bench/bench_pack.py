@@ -12,9 +12,14 @@ for a few records the decoded shape (shorter side == --resize).
     python -m bench.bench_pack                      # 1000 images, 1 and 2 workers, 3 runs
     python -m bench.bench_pack --images 200 --threads 2 --repeat 1 --keep
 """
+from common import venv
+
+if __name__ == "__main__":
+    venv.ensure("python -m bench.bench_pack")  # before the imports below, which need the requirements
+
 # Nothing here may import MXNet at module level: pack_set's workers are spawned,
 # and a spawned worker re-imports the main module (as __mp_main__).
-import argparse
+import argparse  # noqa: E402
 import logging
 import os
 import shutil

@@ -1,32 +1,63 @@
-"""Checkpoints in MXNet's model-zoo format, saved atomically and verified on load.
+"""Checkpoints in MXNet's model-zoo format, committed atomically and verified on load.
 
 Format: PREFIX-symbol.json + PREFIX-EPOCH.params (keys 'arg:NAME'/'aux:NAME'),
-as mx.model.save_checkpoint writes. Unlike it, every file is written under a
-temporary name and renamed when complete (a kill during mx.nd.save leaves a
-truncated file), and a PATH.sha256 file beside it records its digest: MXNet loads a
-flipped byte silently, so a file with a recorded digest is verified on every load.
+as mx.model.save_checkpoint writes, so MXNet and every tool that reads the zoo's
+files load them. Unlike mx.model.save_checkpoint (which writes in place: a kill
+leaves a truncated file, and a flipped byte loads silently), a training run
+writes each checkpoint as a commit:
+
+1. PREFIX-symbol.json, PREFIX-EPOCH.params and PREFIX-EPOCH.states (optimizer
+   state), each under a temporary name, fsynced and renamed, with a PATH.sha256
+   beside it (sha256sum's format);
+2. PREFIX-EPOCH.manifest.json, last: the commit marker. It lists every file with
+   its SHA-256 and records what the checkpoint is (epoch, and batch for the
+   mid-epoch one; the run it belongs to; learning rate, update count, figures).
+
+Only a checkpoint whose manifest verifies counts as committed. The mid-epoch
+checkpoint a preempted run leaves has the tag RESUME instead of an epoch:
+PREFIX-resume.params, .states, .manifest.json. Files without a manifest (the
+zoo's, or a checkpoint's files before its manifest) are verified by their
+.sha256 when there is one.
 """
+import datetime
 import glob
+import json
 import logging
 import os
 import re
 
 from .cli import UserError, mxnet_reason
-from .fsutil import atomic_output, file_digest, write_text_atomic
+from .fsutil import atomic_output, file_digest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+RESUME = "resume"  # the tag of the mid-epoch checkpoint (the others are tagged by epoch)
+MANIFEST_VERSION = 1
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint file is missing, unreadable or differs from its recorded digest."""
+
+
+def _tag(tag):
+    return tag if tag == RESUME else f"{tag:04d}"
 
 
 def symbol_path(prefix):
     return f"{prefix}-symbol.json"
 
 
-def params_path(prefix, epoch):
-    return f"{prefix}-{epoch:04d}.params"
+def params_path(prefix, tag):
+    return f"{prefix}-{_tag(tag)}.params"
 
 
-def states_path(prefix, epoch):
-    return f"{prefix}-{epoch:04d}.states"
+def states_path(prefix, tag):
+    return f"{prefix}-{_tag(tag)}.states"
+
+
+def manifest_path(prefix, tag):
+    return f"{prefix}-{_tag(tag)}.manifest.json"
 
 
 def record_digest(path):
@@ -54,10 +85,31 @@ def verify_digest(path):
 
 
 def save_file_atomic(path, write):
-    """Call write(tmp_path), rename the result to `path`, record its digest."""
+    """Call write(tmp_path), rename the result to `path`, record its digest; returns it.
+
+    The old PATH.sha256 goes before the rename, so that it never describes the
+    new file; the new one is written after it.
+    """
     with atomic_output(path) as tmp:
         write(tmp)
-    record_digest(path)
+        digest = file_digest(tmp)
+        _remove(path + ".sha256")
+    write_text_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
+    return digest
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _arrays(arg_params, aux_params):
+    import mxnet as mx
+    arrays = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
+    arrays.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+    return arrays
 
 
 def save_checkpoint(prefix, epoch, symbol, arg_params, aux_params):
@@ -65,9 +117,65 @@ def save_checkpoint(prefix, epoch, symbol, arg_params, aux_params):
     import mxnet as mx
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     save_file_atomic(symbol_path(prefix), symbol.save)
-    arrays = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
-    arrays.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+    arrays = _arrays(arg_params, aux_params)
     save_file_atomic(params_path(prefix, epoch), lambda tmp: mx.nd.save(tmp, arrays))
+
+
+def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info):
+    """Write a checkpoint's files, then its manifest, the commit marker; returns the manifest.
+
+    tag: the epoch, or RESUME. write_states(tmp_path) writes the optimizer state
+    (Module.save_optimizer_states). info: what the manifest records besides the
+    files (JSON values). Raises OSError when a file cannot be written; the
+    checkpoints committed before are untouched.
+    """
+    import mxnet as mx
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    _remove(manifest_path(prefix, tag))  # a tag written again is not committed until its new manifest is
+    arrays = _arrays(arg_params, aux_params)
+    files = {}
+    for path, write in ((symbol_path(prefix), symbol.save), (params_path(prefix, tag),
+                        lambda tmp: mx.nd.save(tmp, arrays)), (states_path(prefix, tag), write_states)):
+        files[os.path.basename(path)] = save_file_atomic(path, write)
+    manifest = dict(info, version=MANIFEST_VERSION, tag=tag, files=files, mxnet=mx.__version__,
+                    written=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    write_json_atomic(manifest_path(prefix, tag), manifest)
+    return manifest
+
+
+def read_manifest(prefix, tag):
+    """The manifest of checkpoint `tag`, its files verified; raises CorruptCheckpoint naming the bad file."""
+    path = manifest_path(prefix, tag)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        assert manifest["version"] == MANIFEST_VERSION and manifest["tag"] == tag and files
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise CorruptCheckpoint(f"{path} is missing or not a manifest of this project") from None
+    folder = os.path.dirname(prefix)
+    for name, digest in sorted(files.items()):
+        file = os.path.join(folder, name)
+        if not os.path.isfile(file):
+            raise CorruptCheckpoint(f"{file}, listed in {path}, is missing")
+        if file_digest(file) != digest:
+            raise CorruptCheckpoint(f"{file} is corrupt: its SHA-256 differs from the one in {path}")
+    return manifest
+
+
+def committed_epochs(prefix):
+    """Epochs with a manifest file (not yet verified: read_manifest does that), newest first."""
+    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-(\d{4,})\.manifest\.json$")
+    names = (os.path.basename(p) for p in glob.glob(glob.escape(prefix) + "-*.manifest.json"))
+    return sorted((int(m.group(1)) for m in map(pattern.match, names) if m), reverse=True)
+
+
+def remove_checkpoint(prefix, tag):
+    """Delete checkpoint `tag`: its manifest first (so it is no longer committed), then its files."""
+    _remove(manifest_path(prefix, tag))
+    for path in (params_path(prefix, tag), states_path(prefix, tag)):
+        _remove(path + ".sha256")
+        _remove(path)
 
 
 def saved_epochs(prefix):
@@ -94,6 +202,12 @@ def require_checkpoint(prefix, epoch, *, prefix_flag="--model-prefix", epoch_fla
     instead (checkpoints in the folder, or saved epochs).
     """
     sym = symbol_path(prefix)
+    named = re.fullmatch(r"(.+)-(\d{4,})\.params|(.+)-symbol\.json", prefix)
+    if named and not os.path.isfile(sym):
+        given = named.group(1) or named.group(3)
+        epoch_hint = f" {epoch_flag} {int(named.group(2))}" if named.group(2) else ""
+        raise UserError(f"{prefix_flag} {prefix}: that is a checkpoint file; pass its prefix: "
+                        f"{prefix_flag} {given}{epoch_hint}")
     if not os.path.isfile(sym):
         folder = os.path.dirname(prefix)
         others = ", ".join(saved_prefixes(folder)) or "none"

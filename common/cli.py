@@ -10,6 +10,7 @@ import collections
 import logging
 import math
 import os
+import signal
 import sys
 import time
 
@@ -277,11 +278,17 @@ class PlainProgress:
 
 def run_entry(main, prog, argv=None):
     """Run `main(argv)`; report UserError/OSError as one line. Returns the exit status."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # venv.ensure's, for the imports
     try:
         result = main(argv)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`predict.py ... | head`): no error to report, and
+        # nothing may be flushed to the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a process killed by SIGPIPE reports, as `cat` would
     except OSError as exc:
         # Disk full, permission denied mid-run: the OS message names the file.
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -295,7 +302,6 @@ def run_entry(main, prog, argv=None):
 
 def software_versions():
     """Software and hardware a result was produced with, for the files that record it."""
-    import os
     import platform
     import cv2
     import mxnet as mx

@@ -62,6 +62,15 @@ def per_device_batch(batch_size, num_devices):
     return batch_size // num_devices
 
 
+def check_batch_fits(batch_size, num_images, num_devices):
+    """A batch may not hold more images than the training set (MXNet's iterator fails
+    beyond twice the set, and a batch of repeats is no batch)."""
+    if batch_size > num_images:
+        largest = num_images - num_images % num_devices
+        raise UserError(f"--batch-size {batch_size} is more than the {num_images} training images; "
+                        f"valid: up to {largest} (a multiple of the {num_devices} device(s))")
+
+
 def create_kvstore(kind):
     """The kvstore; dist_* ones need the DMLC_* variables MXNet's launcher sets."""
     import mxnet as mx

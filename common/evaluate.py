@@ -52,6 +52,14 @@ def evaluate_set(module, record_set, *, image_shape, batch_size, threads, num_cl
                  confusion_matrix(probs, labels, num_classes), time.time() - tic)
 
 
+def resolve_top_k(given, default, num_classes):
+    """--top-k if given (UserError if above num_classes), else min(default, num_classes)."""
+    if given is None:
+        return min(default, num_classes)
+    check_top_k(given, num_classes)
+    return given
+
+
 def check_top_k(top_k, num_classes):
     """UserError unless 1 <= top_k <= num_classes."""
     if top_k > num_classes:

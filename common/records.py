@@ -112,8 +112,30 @@ def load_dataset(data_dir, prefix, *, data_train=None, data_val=None, classes=No
     if num_examples is not None and num_examples != len(train):
         raise UserError(f"--num-examples {num_examples} does not match the data: "
                         f"{train.idx} indexes {len(train)} records")
+    check_same_classes(val_rec, names, class_file, "--data-val" if data_val else None)
     val = check_record_set(val_rec, len(names), "--data-val" if data_val else None)
     return Dataset(train, val, names, class_file)
+
+
+def check_same_classes(rec, names, names_file, option=None):
+    """UserError if the class list prepare_data.sh wrote for `rec` is not `names`.
+
+    A set of another dataset (or the same classes in another order) has labels
+    that mean other classes. names_file: where `names` come from, for the message;
+    option: the flag that named `rec`. Returns the set's list, or None when it has
+    none (nothing could be checked).
+    """
+    own = class_list_path(rec)
+    if not os.path.isfile(own):
+        return None
+    theirs = read_classes(own)
+    if theirs == names:
+        return own
+    detail = (f"{len(theirs)} classes against {len(names)}" if len(theirs) != len(names) else
+              next(f"label {i} is {a!r} there and {b!r} here"
+                   for i, (a, b) in enumerate(zip(theirs, names)) if a != b))
+    raise UserError(f"{f'{option} ' if option else ''}{rec} is labelled by {own}, which is not the "
+                    f"class list {names_file} ({detail}); use sets of one dataset")
 
 
 def dataset_file(rec, name):
@@ -172,8 +194,11 @@ def require_record_files(rec, option=None):
 
     option: the flag that named `rec` (e.g. '--data-val'), for the message.
     """
-    idx = os.path.splitext(rec)[0] + ".idx"
+    stem, ext = os.path.splitext(rec)
+    idx = stem + ".idx"
     named = f"{option} {rec}" if option else rec
+    if ext in (".lst", ".idx"):
+        raise UserError(f"{named}: that is the set's {ext[1:]} file; pass its .rec, {stem}.rec")
     if not os.path.isfile(rec):
         raise UserError(f"{named}: no such file (prepare_data.sh writes the .rec, .idx and .lst of a set)")
     if not os.path.isfile(idx):

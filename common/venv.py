@@ -11,6 +11,7 @@ Standard library only: this runs before the requirements are known to be there.
 """
 import importlib.util
 import os
+import signal
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,16 +27,32 @@ def missing_modules():
 
 
 def ensure(prog):
-    """Return if the requirements are importable; else re-exec under .venv or exit 1."""
+    """Return if the requirements are importable; else re-exec under .venv or exit 1.
+
+    Also makes a Ctrl-C during the imports that follow (MXNet's take seconds) end
+    in one line instead of a traceback; cli.run_entry restores Python's handler.
+    """
+    signal.signal(signal.SIGINT, lambda *_: _interrupted(prog))
     missing = missing_modules()
     if not missing:
         return
     if os.access(VENV_PYTHON, os.X_OK) and not os.environ.get(_REEXEC_MARK):
         os.environ[_REEXEC_MARK] = "1"
-        script = os.path.abspath(sys.argv[0])
-        os.execv(VENV_PYTHON, [VENV_PYTHON, script] + sys.argv[1:])
+        os.execv(VENV_PYTHON, [VENV_PYTHON] + _same_command())
     fix = ("reinstall it with `make clean-venv test`" if os.environ.get(_REEXEC_MARK) else
            "create it with `make test` (or `make demo`), then run this again")
     sys.stderr.write(f"{prog}: error: Python module {missing[0]!r} is missing from {sys.executable} "
                      f"and this project's .venv is not usable; {fix}\n")
     sys.exit(1)
+
+
+def _same_command():
+    """This process's command line, for another Python: `-m MODULE` or the script's path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["-m", spec.name] if spec is not None else [os.path.abspath(sys.argv[0])]
+    return head + sys.argv[1:]
+
+
+def _interrupted(prog):
+    sys.stderr.write(f"{prog}: interrupted\n")
+    raise SystemExit(130)

@@ -48,6 +48,24 @@ def test_entry_script_without_a_usable_venv_says_what_to_do_in_one_line(bare_pyt
     assert lines[0].startswith(f"{script}: error: Python module ") and "make clean-venv test" in lines[0]
 
 
+@pytest.mark.parametrize("module,prog", [("bench.bench_pack", "python -m bench.bench_pack"),
+                                         ("common.prep", "prepare_data.sh")])
+def test_modules_run_with_python_m_rerun_in_the_venv_too(bare_python, module, prog):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([bare_python, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {prog}")
+
+
+def test_prepare_data_sh_started_with_a_bare_python_says_what_to_do(bare_python):
+    env = dict(os.environ, PYTHON=bare_python, FINETUNE_VENV_REEXEC="1")
+    result = subprocess.run(["bash", "prepare_data.sh", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("prepare_data.sh: error: Python module ")
+
+
 def test_the_project_python_needs_no_rerun():
     assert venv.missing_modules() == []
 

@@ -261,6 +261,18 @@ def test_predict_reports_a_missing_file_and_still_predicts_the_others(run, tmp_p
     assert only_missing.stderr.splitlines() == [f"predict.py: {missing}: no such file or folder"]
 
 
+def test_predict_into_a_closed_pipe_ends_quietly(run):
+    """`predict.py ... | head -1`: the reader leaves; no error line about it."""
+    files = [path for _, path in run.val]
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "predict.py"), "--model-prefix", run.prefix,
+                             "--epoch", str(EPOCHS), "--batch-size", "1", *files * 20],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TQDM_DISABLE="1"))
+    proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err.decode().strip() == ""
+
+
 @pytest.fixture
 def entry_state():
     """Undo what an entry point run in this process sets globally (log level, env)."""
@@ -373,8 +385,12 @@ def test_score_refuses_a_set_labelled_by_another_class_list(run, tmp_path, chang
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"--data-val {rec} is labelled by" in lines[0] and "not the model's class list" in lines[0]
-    assert ("label 0" if change == "reordered" else "label 2" if change == "renamed" else "3 classes") in lines[0]
+    assert lines[0].startswith(f"score.py: error: --data-val {rec} is labelled by {tmp_path}/other/classes.txt, "
+                               f"which is not the class list {run.prefix}-classes.txt (")
+    detail = {"renamed": f"label 2 is '999.other' there and {run.classes[2]!r} here",
+              "reordered": f"label 0 is {run.classes[1]!r} there and {run.classes[0]!r} here",
+              "fewer": "3 classes against 4"}[change]
+    assert detail in lines[0]
     assert not (tmp_path / "report").exists()
 
 
@@ -391,6 +407,12 @@ def test_score_writes_one_report_folder_per_set_and_rescoring_replaces_it(run, t
     assert val["images"] == len(run.val) and train["images"] == 4 * 8
     again = score.main(argv + ["--data-val", run.val_rec])  # the same set again: replaced, not refused
     assert again["acc"] == val["acc"]
+    # Another input shape is another report, in a folder of its own.
+    before = pathlib.Path(f"{run.prefix}-score-0004-caltech256-val/score.json").read_bytes()
+    score.main(argv + ["--data-val", run.val_rec, "--image-shape", "3,20,20"])
+    bigger = json.loads(pathlib.Path(f"{run.prefix}-score-0004-caltech256-val-3x20x20/score.json").read_text())
+    assert bigger["image_shape"] == [3, 20, 20]
+    assert pathlib.Path(f"{run.prefix}-score-0004-caltech256-val/score.json").read_bytes() == before
 
 
 def test_score_never_overwrites_the_report_of_another_set(run, tmp_path):

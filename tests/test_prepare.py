@@ -14,6 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from common.cli import UserError
 from common.prep import main as prepare
 from common.prep.imagefolder import read_lst
 from tools.imagegen import add_problem_files, class_image, make_class_tree
@@ -176,7 +177,7 @@ def repaint(path, keep_mtime=False):
 def test_rerun_repacks_when_an_input_of_the_pack_changed(tmp_path, change):
     src = write_bmp_tree(str(tmp_path / "photos"))
     options = {"--resize": "16", "--quality": "90"}
-    flags = lambda: [item for pair in options.items() for item in pair]  # noqa: E731
+    flags = lambda: [item for pair in options.items() for item in pair if item is not None]  # noqa: E731
     out = tmp_path / "out"
     run_prepare(src, out, "--train-per-class", "3", *flags())
     first = [(out / f"photos-{name}.rec").read_bytes() for name in ("train", "val")]
@@ -192,6 +193,11 @@ def test_rerun_repacks_when_an_input_of_the_pack_changed(tmp_path, change):
             rel = read_lst(str(out / f"photos-{name}.lst"))[0][2]
             repaint(os.path.join(copy, rel), keep_mtime=True)
         src = copy
+        # Another folder of the same name would replace this dataset: refused without --force.
+        with pytest.raises(UserError, match="already holds the dataset photos prepared from"):
+            run_prepare(src, out, "--train-per-class", "3", *flags())
+        assert [(out / f"photos-{name}.rec").read_bytes() for name in ("train", "val")] == first
+        options["--force"] = None
     else:
         for name in ("train", "val"):
             repaint(os.path.join(src, read_lst(str(out / f"photos-{name}.lst"))[0][2]))
@@ -361,7 +367,6 @@ def test_two_datasets_share_an_out_folder_without_mixing_their_classes(tmp_path)
     """Each dataset gets its own PREFIX-classes.txt and PREFIX-summary.json: training or
     scoring one never reads the other's class list or resize."""
     from common import records
-    from common.cli import UserError
     make_class_tree(str(tmp_path / "birds"), [6, 6, 6], names=["crow", "owl", "wren"])
     make_class_tree(str(tmp_path / "cars"), [6, 6], names=["sedan", "van"], seed=1)
     out = tmp_path / "data"
@@ -373,3 +378,20 @@ def test_two_datasets_share_an_out_folder_without_mixing_their_classes(tmp_path)
     assert records.packed_resize(birds.val.rec)[0] == 32 and records.packed_resize(cars.val.rec)[0] == 40
     with pytest.raises(UserError, match=r"holds 2 datasets \(birds, cars\); choose one with --prefix"):
         records.find_prefix(str(out))
+
+
+def test_a_dataset_of_the_same_name_from_another_folder_is_refused(tmp_path):
+    """Two folders both called images/: the second would replace the first one's files."""
+    make_class_tree(str(tmp_path / "a" / "images"), [6, 6], names=["cat", "dog"])
+    make_class_tree(str(tmp_path / "b" / "images"), [6, 6, 6], names=["ant", "bee", "fly"], seed=1)
+    out = tmp_path / "data"
+    run_prepare(tmp_path / "a" / "images", out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(UserError, match=r"already holds the dataset images prepared from .*/a/images; "
+                                         r"pass --prefix NAME to keep both, or --force to replace it"):
+        run_prepare(tmp_path / "b" / "images", out)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    run_prepare(tmp_path / "a" / "images", out)  # the same folder again: a rerun, not refused
+    run_prepare(tmp_path / "b" / "images", out, "--prefix", "bugs")
+    assert (out / "bugs-classes.txt").read_text().split() == ["ant", "bee", "fly"]
+    assert (out / "images-classes.txt").read_text().split() == ["cat", "dog"]

@@ -322,6 +322,23 @@ def test_a_callback_can_stop_training_after_an_epoch(data_dir, tmp_path, monkeyp
     assert "training stopped after epoch 2: no better than epoch 1" in open(f"{prefix}-train.log").read()
 
 
+@pytest.mark.parametrize("top_k,column", [("1", "top1"), (None, "top4")])
+def test_top_k_of_one_and_the_default_on_four_classes(data_dir, tmp_path, top_k, column):
+    """MXNet's TopKAccuracy refuses k = 1; the default (5) is lowered to the 4 classes."""
+    argv = trainkit.train_args(data_dir, str(tmp_path / "run"), "--mode", "scratch", *LEARN, epochs=1)
+    at = argv.index("--top-k")
+    argv[at + 1:at + 2] = [top_k] if top_k else []
+    if not top_k:
+        del argv[at]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train_caltech.main(argv)
+    record = metrics(tmp_path / "run")[0]
+    assert f" {column}=" in out.getvalue() and f"train_{column}" in record and f"val_{column}" in record
+    if top_k == "1":
+        assert record["val_top1"] == record["val_acc"] and record["train_top1"] == record["train_acc"]
+
+
 def params_are_finite(prefix):
     """{params file: all arrays finite} for every checkpoint saved under `prefix`."""
     verdict = {}
@@ -604,6 +621,15 @@ def test_resume_on_two_contexts_restores_batchnorm_statistics_exactly(two_cpu_re
 
 # --- learning-rate schedule -----------------------------------------------------------------
 
+def test_steps_and_warm_up_past_the_last_epoch_are_warned_of(data_dir, tmp_path):
+    result = run_script(trainkit.train_args(data_dir, tmp_path / "run", "--mode", "scratch", "--lr-step-epochs",
+                                            "1,2", "--warmup-epochs", "2", epochs=2), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("--lr-step-epochs 1,2: the step after epoch 2 comes at or after the last epoch (--num-epochs 2)"
+            in result.stderr)
+    assert "--warmup-epochs 2 does not end before the last epoch (--num-epochs 2)" in result.stderr
+
+
 def test_step_schedule_drops_lr_tenfold_after_epoch_one(data_dir, tmp_path):
     prefix = tmp_path / "run"
     train(data_dir, prefix, "--mode", "scratch", *LEARN, "--lr-step-epochs", "1",
@@ -757,6 +783,18 @@ def _misuse_cases():
          1, ["--layer-before-fullc nope", "candidates", "flatten0"]),
         ("top-k", lambda d, p, b: ["--data-dir", d, "--top-k", "5", "--mode", "scratch"],
          1, ["--top-k 5", "4 classes", "1..4"]),
+        ("pretrained-file-not-prefix", lambda d, p, b: ["--data-dir", d, "--mode", "full",
+                                                        "--pretrained-model", p + "-0005.params"],
+         1, ["that is a checkpoint file; pass its prefix", "--pretrained-epoch 5"]),
+        ("data-val-is-a-list", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
+                                                "--data-val", os.path.join(d, "caltech256-val.lst")],
+         1, ["--data-val", "that is the set's lst file; pass its .rec"]),
+        ("batch-above-the-set", lambda d, p, b: ["--data-dir", d, "--batch-size", "200", "--mode", "scratch"],
+         1, ["--batch-size 200 is more than the 120 training images", "up to 120"]),
+        ("val-of-another-dataset", lambda d, p, b: [
+            "--data-dir", d, "--mode", "scratch",
+            "--data-val", os.path.join(os.path.dirname(os.path.dirname(p)), "data", "caltech256-val.rec")],
+         1, ["--data-val", "is labelled by", "which is not the class list", "6 classes against 4"]),
         ("lr-mult-not-full", lambda d, p, b: ["--data-dir", d, "--mode", "last-layer", "--pretrained-model", p,
                                               "--pretrained-epoch", str(PRETRAIN_EPOCHS),
                                               "--lr-mult-pretrained", "0"],

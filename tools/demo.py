@@ -87,16 +87,24 @@ def prepare(out, name, digits, train_per_class, seed):
 def train(out, data, name, mode, epochs, cpus, seed, *extra):
     """One train_caltech.py run; returns (figures dict, seconds)."""
     prefix = os.path.join(out, "model", f"{name}-{mode}")
+    batch = demo_batch(data, name, cpus)
     tic = time.time()
     stdout = run([sys.executable, "train_caltech.py", "--data-dir", data, "--prefix", name,
                   "--network", NETWORK, "--image-shape", IMAGE_SHAPE, "--mode", mode,
-                  "--num-epochs", str(epochs), "--cpus", str(cpus), "--batch-size", str(16 * cpus),
+                  "--num-epochs", str(epochs), "--cpus", str(cpus), "--batch-size", str(batch),
                   "--top-k", "2", "--seed", str(seed), "--model-prefix", prefix,
                   "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{mode}.log"))
     match = _FINAL.search(stdout)
     acc, k, topk, mean_class = match.groups()
     return {"prefix": prefix, "acc": float(acc), f"top{k}": float(topk),
             "mean_class_acc": float(mean_class)}, time.time() - tic
+
+
+def demo_batch(data, name, cpus):
+    """16 images per context, but no more than the training set holds (split evenly)."""
+    from common.prep.imagefolder import read_lst
+    images = len(read_lst(os.path.join(data, f"{name}-train.lst")))
+    return min(16 * cpus, images - images % cpus)
 
 
 def export_zoo(prefix, epoch, zoo_prefix):

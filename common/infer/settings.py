@@ -13,7 +13,6 @@ import os
 from ..fsutil import read_json
 from ..cli import HelpFormatter, OneLineArgumentParser, UserError, nonnegative_int, positive_int
 from ..devices import add_device_args
-from ..evaluate import check_top_k
 from ..records import packed_resize, read_classes
 from ..transforms import image_shape as image_shape_type
 
@@ -112,11 +111,3 @@ def resolve_classes(classes_file, prefix, num_classes):
         raise UserError(f"{path} lists {len(names)} class names but the checkpoint predicts "
                         f"{num_classes} classes")
     return Setting(names, path)
-
-
-def resolve_top_k(given, default, num_classes):
-    """--top-k if given (UserError if above num_classes), else min(default, num_classes)."""
-    if given is None:
-        return min(default, num_classes)
-    check_top_k(given, num_classes)
-    return given

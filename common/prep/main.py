@@ -59,7 +59,7 @@ def get_parser():
                        help="training images per class")
     split.add_argument("--val-per-class", metavar="N", type=positive_int, default=None,
                        help="validation images per class (default: all the rest)")
-    split.add_argument("--seed", metavar="S", type=int, default=0, help="split seed")
+    split.add_argument("--seed", metavar="S", type=nonnegative_int, default=0, help="split seed")
     split.add_argument("--include-clutter", action="store_true",
                        help="keep a class folder whose name ends in '.clutter'")
     pack = parser.add_argument_group("packing")
@@ -105,6 +105,7 @@ def prepare(args, created):
     prefix, prefix_from = resolve_prefix(args)
     source = {"folder": args.src} if args.src else fetch_dataset(args, created)
     root = source["folder"]
+    _refuse_another_dataset(args, prefix, root)
     scan = _scan(root, args.include_clutter)
     reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
                            args.num_thread, _hidden(args.out, prefix, "check-cache"), args.force)
@@ -120,6 +121,17 @@ def prepare(args, created):
     summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists)
     write_json_atomic(summary_path(args.out, prefix), summary)
     print_report(summary, args.out)
+
+
+def _refuse_another_dataset(args, prefix, root):
+    """UserError if --out holds a dataset of this name prepared from another folder
+    (two folders called images/, say): its files would be replaced."""
+    summary = read_json(summary_path(args.out, prefix))
+    source = summary.get("source") if isinstance(summary, dict) else None
+    previous = source.get("folder") if isinstance(source, dict) else None
+    if previous and previous != os.path.abspath(root) and not args.force:
+        raise UserError(f"--out {args.out} already holds the dataset {prefix} prepared from {previous}; "
+                        f"pass --prefix NAME to keep both, or --force to replace it")
 
 
 def _warn_unused(args):

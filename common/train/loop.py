@@ -23,6 +23,7 @@ from ..report import MetricsLog
 
 log = logging.getLogger(__name__)
 
+TOP_K = 5  # the top-k accuracy reported unless --top-k says otherwise
 # ImageRecordIter takes a 32-bit seed.
 _SEED_MODULUS = 2 ** 31
 
@@ -60,7 +61,8 @@ def add_fit_args(parser):
     fit.add_argument("--batch-size", metavar="N", type=positive_int,
                      help="total over all devices; must divide by their number "
                           "(default: the recipe's images per device times the devices)")
-    fit.add_argument("--top-k", metavar="K", type=positive_int, default=5, help="also report top-k accuracy")
+    fit.add_argument("--top-k", metavar="K", type=positive_int,
+                     help=f"also report top-k accuracy (default: {TOP_K}, or all classes if fewer)")
     fit.add_argument("--disp-batches", metavar="N", type=positive_int, default=20, help="log speed every N batches")
     fit.add_argument("--model-prefix", metavar="PREFIX",
                      help="checkpoint prefix (default: model/DATAPREFIX-NETWORK-MODE)")
@@ -175,9 +177,15 @@ def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks):
 
 
 def training_metric(top_k):
+    """Top-1, top-k and cross-entropy of the training batches.
+
+    MXNet's TopKAccuracy refuses k = 1; top-1 is then a second Accuracy under
+    TopKAccuracy's name, so that every run records the same columns.
+    """
     import mxnet as mx
-    return mx.metric.CompositeEvalMetric([mx.metric.Accuracy(), mx.metric.TopKAccuracy(top_k),
-                                          mx.metric.CrossEntropy()])
+    top = (mx.metric.TopKAccuracy(top_k) if top_k > 1 else
+           mx.metric.Accuracy(name="top_k_accuracy_1"))
+    return mx.metric.CompositeEvalMetric([mx.metric.Accuracy(), top, mx.metric.CrossEntropy()])
 
 
 # MXNet metric name -> metrics.jsonl column; top_k_accuracy_K becomes train_topK.

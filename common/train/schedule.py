@@ -6,9 +6,12 @@ epoch (per worker, with a distributed kvstore).
 """
 import argparse
 import dataclasses
+import logging
 import math
 
 from ..cli import float_range, nonnegative_float, positive_float, positive_int
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("step", "cosine")
 
@@ -62,7 +65,19 @@ def add_schedule_args(parser):
 
 
 def schedule_from_args(args):
-    """The Schedule the parsed options describe."""
+    """The Schedule the parsed options describe.
+
+    Warns of steps or a warm-up this run does not get to: they act only if the run
+    is continued later with a larger --num-epochs.
+    """
+    late = [e for e in args.lr_step_epochs if e >= args.num_epochs]
+    if late:
+        log.warning("--lr-step-epochs %s: the step after epoch %d comes at or after the last epoch "
+                    "(--num-epochs %d); it acts only if the run is continued with more epochs",
+                    ",".join(map(str, args.lr_step_epochs)), late[0], args.num_epochs)
+    if args.warmup_epochs >= args.num_epochs:
+        log.warning("--warmup-epochs %g does not end before the last epoch (--num-epochs %d): "
+                    "the learning rate never reaches --lr in this run", args.warmup_epochs, args.num_epochs)
     return Schedule(num_epochs=args.num_epochs, lr=args.lr, mom=args.mom, wd=args.wd,
                     kind=args.lr_schedule, step_epochs=args.lr_step_epochs, factor=args.lr_factor,
                     warmup_epochs=args.warmup_epochs)
