@@ -21,7 +21,7 @@ import sys
 
 from common import cli, devices, evaluate, records
 from common.fsutil import write_text_atomic
-from common.train import callbacks, loop, modes, schedule
+from common.train import callbacks, loop, modes, preempt, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -57,25 +57,37 @@ def main(argv=None):
     log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
              extra=cli.FILE_ONLY)
     plan = schedule.schedule_from_args(args)
+    preempt.check_requeue(args.requeue)
     contexts, batch_size, dataset = _devices_and_data(args)
     kv = devices.create_kvstore(args.kv_store)
+    prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
+    identity = resume.run_identity(network=args.network, mode=args.mode, dataset=dataset,
+                                   image_shape=args.image_shape)
+    start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
+                                num_epochs=args.num_epochs)
+    if start.batch == 0 and start.epoch >= args.num_epochs:
+        log.info("%s has finished all %d epochs already: nothing to train", prefix, args.num_epochs)
+        return _final(start.manifest["val"], args.top_k)
     net = modes.build_model(mode=args.mode, network=args.network, num_classes=dataset.num_classes,
                             image_shape=args.image_shape, dtype=args.dtype,
                             pretrained=args.pretrained_model, pretrained_epoch=args.pretrained_epoch,
                             model_dir=args.model_dir, layer=args.layer_before_fullc,
                             lr_mult_pretrained=args.lr_mult_pretrained)
-    prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
-    loop.check_resume(prefix, args.load_epoch, args.num_epochs)
     log_file = _write_run_files(prefix, args, dataset, contexts, batch_size) if kv.rank == 0 else None
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
-                         seed=args.seed, dtype=args.dtype, begin_epoch=args.load_epoch or 0)
+                         seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
+                         requeue=args.requeue)
     try:
-        val = _logged(_train, net, dataset, contexts, kv, plan, cfg)
+        val = cli.logging_failures(_train, net, dataset, contexts, kv, plan, cfg, start)
     finally:
         if log_file is not None:
             cli.remove_log_file(log_file)
-    print(f"final: val_acc={val['acc']:.4f} top{args.top_k}={val[f'top{args.top_k}']:.4f} "
+    return _final(val, args.top_k)
+
+
+def _final(val, top_k):
+    print(f"final: val_acc={val['acc']:.4f} top{top_k}={val[f'top{top_k}']:.4f} "
           f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
     return val
 
@@ -96,26 +108,11 @@ def _devices_and_data(args):
     return contexts, batch_size, dataset
 
 
-def _logged(function, *args):
-    """function(*args), with whatever ends it early also in the run's log file."""
-    try:
-        return function(*args)
-    except (cli.UserError, OSError) as exc:
-        log.error("%s", exc, extra=cli.FILE_ONLY)  # the console gets it from run_entry
-        raise
-    except KeyboardInterrupt:
-        log.error("interrupted", extra=cli.FILE_ONLY)
-        raise
-    except Exception:
-        log.exception("the run failed", extra=cli.FILE_ONLY)  # the console gets the traceback
-        raise
-
-
-def _train(net, dataset, contexts, kv, plan, cfg):
+def _train(net, dataset, contexts, kv, plan, cfg, start):
     """loop.run's last validation figures; a callback's StopTraining ends the run early,
     with the figures of the last epoch it finished."""
     try:
-        return loop.run(net, dataset, contexts, kv, plan, cfg).val
+        return loop.run(net, dataset, contexts, kv, plan, cfg, start).val
     except callbacks.StopTraining as stop:
         if stop.last is None:
             raise cli.UserError(f"training stopped before its first epoch ended: {stop}") from None
@@ -125,7 +122,11 @@ def _train(net, dataset, contexts, kv, plan, cfg):
 
 def _write_run_files(prefix, args, dataset, contexts, batch_size):
     """PREFIX-args.json (every resolved setting), PREFIX-classes.txt; returns the log handler."""
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise cli.UserError(f"--model-prefix {prefix}: cannot create its folder {folder} ({exc.strerror})") from None
     handler = cli.add_log_file(f"{prefix}-train.log")
     resolved = dict(vars(args), batch_size=batch_size, model_prefix=prefix,
                     contexts=[str(c) for c in contexts], num_classes=dataset.num_classes,

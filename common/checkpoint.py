@@ -143,8 +143,12 @@ def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info):
     return manifest
 
 
-def read_manifest(prefix, tag):
-    """The manifest of checkpoint `tag`, its files verified; raises CorruptCheckpoint naming the bad file."""
+def read_manifest(prefix, tag, verify=True):
+    """The manifest of checkpoint `tag`, its files verified; raises CorruptCheckpoint naming the bad file.
+
+    verify=False reads the manifest only (its files are not hashed): for decisions
+    that load nothing, such as retention.
+    """
     path = manifest_path(prefix, tag)
     try:
         with open(path, encoding="utf-8") as f:
@@ -154,7 +158,7 @@ def read_manifest(prefix, tag):
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         raise CorruptCheckpoint(f"{path} is missing or not a manifest of this project") from None
     folder = os.path.dirname(prefix)
-    for name, digest in sorted(files.items()):
+    for name, digest in sorted(files.items()) if verify else ():
         file = os.path.join(folder, name)
         if not os.path.isfile(file):
             raise CorruptCheckpoint(f"{file}, listed in {path}, is missing")

@@ -25,6 +25,14 @@ class UserError(Exception):
     """
 
 
+class Stop(Exception):
+    """A deliberate early end with its own exit status (a preempted run): one line, that status."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (argparse adds a usage block)."""
 
@@ -60,6 +68,14 @@ def positive_int(text):
 def nonnegative_int(text):
     """argparse type: an integer >= 0."""
     return _int_at_least(0, text)
+
+
+def int_at_least(low):
+    """argparse type factory: an integer >= low."""
+    def parse(text):
+        return _int_at_least(low, text)
+    parse.__name__ = f"int >= {low}"
+    return parse
 
 
 def int_in_range(low, high):
@@ -276,6 +292,28 @@ class PlainProgress:
         self.file.flush()
 
 
+def logging_failures(function, *args):
+    """function(*args), with whatever ends it early also in the log (a run's log file).
+
+    FILE_ONLY: the console gets the same from run_entry (or, for a bug, the traceback).
+    """
+    log = logging.getLogger(__name__)
+    try:
+        return function(*args)
+    except (UserError, OSError) as exc:
+        log.error("%s", exc, extra=FILE_ONLY)
+        raise
+    except Stop as exc:
+        log.warning("%s", exc, extra=FILE_ONLY)
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted", extra=FILE_ONLY)
+        raise
+    except Exception:
+        log.exception("the run failed", extra=FILE_ONLY)
+        raise
+
+
 def run_entry(main, prog, argv=None):
     """Run `main(argv)`; report UserError/OSError as one line. Returns the exit status."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # venv.ensure's, for the imports
@@ -284,6 +322,9 @@ def run_entry(main, prog, argv=None):
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except Stop as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.status
     except BrokenPipeError:
         # The reader went away (`predict.py ... | head`): no error to report, and
         # nothing may be flushed to the closed pipe at exit.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from common import checkpoint
-from common.train import loop, modes as model, schedule, surgery as finetune
+from common.train import loop, modes as model, resume, schedule, surgery as finetune
 from common.cli import UserError
 from tests import trainkit
 
@@ -57,7 +57,7 @@ def bound_module(net, image_shape, batch_size=2, contexts=None):
     cfg = loop.RunConfig(prefix="unused", batch_size=batch_size, image_shape=image_shape, data_threads=1,
                          top_k=1, disp_batches=1, seed=0)
     module = loop._bind(net, contexts or [mx.cpu()], cfg)  # pylint: disable=protected-access
-    loop._start(module, net, cfg)  # pylint: disable=protected-access
+    loop._start(module, net, cfg, resume.Start())  # pylint: disable=protected-access
     return module
 
 
@@ -355,7 +355,7 @@ def one_step_deltas(net, contexts):
     module.init_optimizer(kvstore="device", optimizer="sgd",
                           optimizer_params=schedule.optimizer_params(
                               schedule.Schedule(num_epochs=1, lr=0.5, mom=0.0, wd=0.0),
-                              epoch_size=1, dtype="float32", begin_epoch=0))
+                              epoch_size=1, dtype="float32"))
     module.forward_backward(random_batch(SMALL_SHAPE, 4, seed=5))
     module.update()
     return {n: a.asnumpy() - before[n] for n, a in module.get_params()[0].items()}

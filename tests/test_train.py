@@ -204,8 +204,8 @@ class BatchRecorder:
     def __init__(self, monkeypatch):
         self.runs, original = [], loop.default_callbacks
 
-        def with_recorder(cfg, is_rank0):
-            batch_end, epoch_end = original(cfg, is_rank0)
+        def with_recorder(cfg, is_rank0, **kwargs):
+            batch_end, epoch_end = original(cfg, is_rank0, **kwargs)
             self.runs.append(collections.defaultdict(list))
             return batch_end + [functools.partial(self.record, self.runs[-1])], epoch_end
         monkeypatch.setattr(loop, "default_callbacks", with_recorder)
@@ -306,8 +306,8 @@ def test_a_callback_can_stop_training_after_an_epoch(data_dir, tmp_path, monkeyp
     """The plug-in point of early stopping: an epoch-end callback raises StopTraining."""
     original = loop.default_callbacks
 
-    def stop_after_two(cfg, is_rank0):
-        batch_end, epoch_end = original(cfg, is_rank0)
+    def stop_after_two(cfg, is_rank0, **kwargs):
+        batch_end, epoch_end = original(cfg, is_rank0, **kwargs)
 
         def stop(end):
             if end.epoch == 2:
@@ -789,6 +789,9 @@ def _misuse_cases():
         ("data-val-is-a-list", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                 "--data-val", os.path.join(d, "caltech256-val.lst")],
          1, ["--data-val", "that is the set's lst file; pass its .rec"]),
+        ("unwritable-prefix", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
+                                               "--model-prefix", "/proc/no-such/run"],
+         1, ["--model-prefix /proc/no-such/run: cannot create its folder /proc/no-such"]),
         ("batch-above-the-set", lambda d, p, b: ["--data-dir", d, "--batch-size", "200", "--mode", "scratch"],
          1, ["--batch-size 200 is more than the 120 training images", "up to 120"]),
         ("val-of-another-dataset", lambda d, p, b: [
@@ -801,7 +804,7 @@ def _misuse_cases():
          1, ["--lr-mult-pretrained", "--mode full"]),
         ("load-epoch-missing", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                             "--load-epoch", "1"],
-                     1, ["--model-prefix", "run-symbol.json not found", "checkpoints in"]),
+                     1, ["--load-epoch 1", "run-0001.manifest.json is missing or not a manifest"]),
         ("load-epoch-past-end", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                              "--load-epoch", "3"],
                      1, ["--load-epoch 3", "--num-epochs 2"]),

@@ -74,8 +74,8 @@ def make_pretrained(prefix, num_classes=7, num_layers=20, image_shape=IMAGE_SHAP
 
 
 def train_args(data_dir, model_prefix, *extra, epochs=2):
-    """train_caltech.py arguments for a tiny run on CPU."""
+    """train_caltech.py arguments for a tiny run on CPU (every epoch's checkpoint kept)."""
     return ["--data-dir", data_dir, "--model-prefix", model_prefix, "--network", "resnet-20",
             "--image-shape", ",".join(map(str, IMAGE_SHAPE)), "--num-epochs", str(epochs),
             "--batch-size", "8", "--cpus", "1", "--top-k", "2", "--data-nthreads", "1",
-            "--disp-batches", "100", *extra]
+            "--disp-batches", "100", "--keep", "100", *extra]

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from .. import checkpoint
-from ..cli import UserError
+from ..cli import UserError, mxnet_reason
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,61 @@ def log_epoch(top_k):
     return callback
 
 
-def save_checkpoint(prefix):
-    """An epoch-end callback that writes PREFIX-symbol.json, PREFIX-E.params and PREFIX-E.states."""
-    def callback(end):
-        checkpoint.save_checkpoint(prefix, end.epoch, end.symbol, end.arg_params, end.aux_params)
-        checkpoint.save_file_atomic(checkpoint.states_path(prefix, end.epoch),
-                                    end.module.save_optimizer_states)
-        log.info("saved %s", checkpoint.params_path(prefix, end.epoch))
-    return callback
+class CommitCheckpoint:
+    """Epoch-end: commit PREFIX-E (params, optimizer states, then the manifest), drop the
+    mid-epoch checkpoint it supersedes, and keep only what resume.retain keeps.
+
+    A failed write (disk full, a file size limit, a read-only folder) stops the run
+    with one line; what was committed before stays intact.
+    """
+
+    def __init__(self, prefix, identity, keep):
+        self.prefix, self.identity, self.keep = prefix, identity, keep
+
+    def __call__(self, end):
+        from . import resume
+        optimizer = end.module._optimizer  # Module exposes no public accessor
+        info = {"epoch": end.epoch, "batch": 0, "run": self.identity, "val": end.val, "record": end.record,
+                "num_update": optimizer.num_update}
+        _committing(f"epoch {end.epoch}", lambda: checkpoint.commit(
+            self.prefix, end.epoch, symbol=end.symbol, arg_params=end.arg_params, aux_params=end.aux_params,
+            write_states=end.module.save_optimizer_states, info=info))
+        checkpoint.remove_checkpoint(self.prefix, checkpoint.RESUME)
+        best = resume.retain(self.prefix, self.keep)
+        log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, end.epoch), best)
+
+
+def commit_mid_epoch(prefix, identity, metric_state):
+    """The function that commits PREFIX-resume from a BatchEndParam (a preempted epoch).
+
+    metric_state(metric): the training metric's sums, to resume them exactly.
+    """
+    def commit(param):
+        module = param.locals["module"]
+        arg_params, aux_params = module.get_params()
+        info = {"epoch": param.epoch, "batch": param.nbatch + 1, "run": identity,
+                "num_update": module._optimizer.num_update,
+                "train_state": {"images": param.locals["images"], "seconds": param.locals["seconds"],
+                                "metric": metric_state(param.eval_metric)}}
+        _committing(f"epoch {param.epoch}, batch {param.nbatch + 1}", lambda: checkpoint.commit(
+            prefix, checkpoint.RESUME, symbol=module.symbol, arg_params=arg_params, aux_params=aux_params,
+            write_states=module.save_optimizer_states, info=info))
+        log.info("committed the mid-epoch checkpoint %s (epoch %d, batch %d)",
+                 checkpoint.manifest_path(prefix, checkpoint.RESUME), param.epoch, param.nbatch + 1)
+    return commit
+
+
+def _committing(what, commit):
+    """commit(), with a failed write reported in one line (mx.nd.save fails with an MXNetError)."""
+    import mxnet as mx
+    try:
+        return commit()
+    except (OSError, mx.base.MXNetError) as exc:
+        # mx.nd.save reports a short write without the reason (EFBIG, ENOSPC).
+        reason = (f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else
+                  f"the write was cut short (a full disk or a file-size limit?): {mxnet_reason(exc)}")
+        raise UserError(f"cannot write the checkpoint of {what}: {reason}; the checkpoints committed "
+                        f"before are intact") from None
 
 
 def write_metrics(metrics_log):

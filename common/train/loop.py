@@ -6,24 +6,28 @@ counts every image exactly once (common.evaluate), and BatchNorm statistics are
 shared across devices before anything is validated or saved. Everything else
 that happens per batch or per epoch is a callback (common.train.callbacks).
 
-Each finished epoch E leaves, under the run's prefix (rank 0 only):
-PREFIX-symbol.json, PREFIX-E.params and PREFIX-E.states (atomic, with .sha256),
-a line in PREFIX-metrics.jsonl and the PREFIX-curve.png plot.
+Each finished epoch E is committed under the run's prefix (rank 0 only):
+PREFIX-symbol.json, PREFIX-E.params, PREFIX-E.states and last PREFIX-E.manifest.json
+(common.checkpoint), after its line in PREFIX-metrics.jsonl and the curve plot.
+A run starts where common.train.resume.find_start says: fresh, after an epoch,
+or mid-epoch (the batches a preempted run already trained are read again, not
+trained, so the rest of the epoch sees what an unbroken run would).
 """
 import dataclasses
 import logging
 import time
 
-from . import callbacks, schedule as sched
+from . import callbacks, preempt, schedule as sched
 from .. import checkpoint, evaluate, transforms
-from ..checkpoint import match_params
-from ..cli import UserError, nonnegative_int, positive_int
+from ..checkpoint import match_params, split_params
+from ..cli import int_at_least, nonnegative_int, positive_int
 from ..devices import KVSTORES, add_device_args
 from ..report import MetricsLog
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5  # the top-k accuracy reported unless --top-k says otherwise
+KEEP = 2  # committed checkpoints kept: the newest, and one to fall back to if it is corrupt
 # ImageRecordIter takes a 32-bit seed.
 _SEED_MODULUS = 2 ** 31
 
@@ -36,7 +40,9 @@ class RunConfig:
     with a dist kvstore). image_shape: (C, H, W) network input. data_threads:
     decoding threads per iterator. top_k: the extra accuracy reported.
     disp_batches: Speedometer period. seed: weights, order and augmentation.
-    dtype: 'float32' or 'float16'. begin_epoch: 0, or the epoch to resume after.
+    dtype: 'float32' or 'float16'. identity: resume.run_identity, recorded in
+    every manifest. keep: committed checkpoints kept. requeue: requeue the Slurm
+    job on SIGUSR1.
     """
     prefix: str
     batch_size: int
@@ -46,7 +52,9 @@ class RunConfig:
     disp_batches: int
     seed: int
     dtype: str = "float32"
-    begin_epoch: int = 0
+    identity: dict = None
+    keep: int = KEEP
+    requeue: bool = False
 
 
 def add_fit_args(parser):
@@ -64,37 +72,51 @@ def add_fit_args(parser):
     fit.add_argument("--top-k", metavar="K", type=positive_int,
                      help=f"also report top-k accuracy (default: {TOP_K}, or all classes if fewer)")
     fit.add_argument("--disp-batches", metavar="N", type=positive_int, default=20, help="log speed every N batches")
-    fit.add_argument("--model-prefix", metavar="PREFIX",
-                     help="checkpoint prefix (default: model/DATAPREFIX-NETWORK-MODE)")
-    fit.add_argument("--load-epoch", metavar="N", type=positive_int,
-                     help="resume from PREFIX-EPOCH.params/.states of --model-prefix")
     fit.add_argument("--seed", metavar="S", type=nonnegative_int, default=0,
                      help="random seed (weights, shuffle, augmentation)")
+    add_checkpoint_args(fit)
     return fit
 
 
-def check_resume(prefix, load_epoch, num_epochs):
-    """Before anything is written: the files a --load-epoch resume needs, verified."""
-    if not load_epoch:
-        return
-    if load_epoch >= num_epochs:
-        raise UserError(f"--load-epoch {load_epoch} leaves nothing to train with --num-epochs {num_epochs}")
-    checkpoint.require_checkpoint(prefix, load_epoch, epoch_flag="--load-epoch", states=True)
+def add_checkpoint_args(group):
+    """Where a run's checkpoints go, how many stay, and where a rerun starts."""
+    group.add_argument("--model-prefix", metavar="PREFIX",
+                       help="checkpoint prefix (default: model/DATAPREFIX-NETWORK-MODE); rerunning the "
+                            "same command continues the run found there")
+    group.add_argument("--load-epoch", metavar="N", type=positive_int,
+                       help="continue after committed epoch N (default: after the newest that verifies, "
+                            "or mid-epoch after a preemption)")
+    group.add_argument("--restart", action="store_true",
+                       help="start over under --model-prefix, moving the earlier run's files aside")
+    group.add_argument("--keep", metavar="N", type=int_at_least(2), default=KEEP,
+                       help="committed checkpoints kept (the newest N, and the best by validation accuracy)")
+    group.add_argument("--requeue", action="store_true",
+                       help="Slurm: on SIGUSR1 (sbatch --signal=USR1@90), also requeue the job")
 
 
-def run(model, dataset, contexts, kv, schedule, cfg):
-    """Train `model` on `dataset`; returns the last epoch's callbacks.EpochEnd.
+@dataclasses.dataclass
+class Partial:
+    """What a mid-epoch checkpoint recorded of its epoch: batches trained, images,
+    seconds, and the training metric's sums (metric_state)."""
+    batch: int
+    images: int
+    seconds: float
+    metric: list
 
-    A resume (cfg.begin_epoch > 0) expects check_resume to have passed.
+
+def run(model, dataset, contexts, kv, schedule, cfg, start):
+    """Train `model` on `dataset` from `start` (resume.Start); returns the last EpochEnd.
+
+    start's checkpoint, if any, was verified by resume.find_start: its .states
+    file is unpickled here only because its manifest vouched for it.
     """
     module = _bind(model, contexts, cfg)
-    _start(module, model, cfg)
+    _start(module, model, cfg, start)
     epoch_size = sched.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
     module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=sched.optimizer_params(
-        schedule, epoch_size=epoch_size, dtype=cfg.dtype, begin_epoch=cfg.begin_epoch))
-    if cfg.begin_epoch:
-        module.load_optimizer_states(checkpoint.states_path(cfg.prefix, cfg.begin_epoch))
-    batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0)
+        schedule, epoch_size=epoch_size, dtype=cfg.dtype, begin_update=start.epoch * epoch_size + start.batch))
+    if start.tag is not None:
+        module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
 
     def train_data(epoch):
         return transforms.record_iter(dataset.train, image_shape=cfg.image_shape,
@@ -107,20 +129,35 @@ def run(model, dataset, contexts, kv, schedule, cfg):
                                      batch_size=cfg.batch_size, threads=cfg.data_threads,
                                      num_classes=dataset.num_classes, top_k=cfg.top_k).figures
 
-    return fit(module, epochs=range(cfg.begin_epoch + 1, schedule.num_epochs + 1), train_data=train_data,
-               validate=validate, metric=training_metric(cfg.top_k),
-               batch_end_callbacks=batch_end, epoch_end_callbacks=epoch_end)
+    commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state)
+    with preempt.Preemption(commit_mid_epoch if kv.rank == 0 else lambda param: None, cfg.requeue) as stops:
+        batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
+                                                 preemption=stops)
+        return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
+                   validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
+                   epoch_end_callbacks=epoch_end, partial=_partial(start))
 
 
-def default_callbacks(cfg, is_rank0):
-    """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, checkpoint, metrics."""
+def _partial(start):
+    if not start.batch:
+        return None
+    state = start.manifest["train_state"]
+    return Partial(start.batch, state["images"], state["seconds"], state["metric"])
+
+
+def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None):
+    """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, metrics, commit, signals."""
     guard = callbacks.DivergenceGuard()
     batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end]
     # The guard comes first: nothing of a diverged epoch is logged as a result or saved.
+    # The metrics line precedes the commit: a committed epoch always has its line.
     epoch_end = [guard.epoch_end, callbacks.log_epoch(cfg.top_k)]
     if is_rank0:
-        epoch_end += [callbacks.save_checkpoint(cfg.prefix),
-                      callbacks.write_metrics(MetricsLog(cfg.prefix, cfg.begin_epoch))]
+        epoch_end += [callbacks.write_metrics(MetricsLog(cfg.prefix, begin_epoch)),
+                      callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep)]
+    if preemption is not None:
+        batch_end.append(preemption.batch_end)
+        epoch_end.append(preemption.epoch_end)
     return batch_end, epoch_end
 
 
@@ -130,18 +167,21 @@ def epoch_seed(seed, epoch):
     return (seed * 100003 + epoch - 1) % _SEED_MODULUS
 
 
-def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=()):
+def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=(),
+        partial=None):
     """Train a bound, initialized `module` for each epoch number in `epochs` (1-based).
 
     train_data(epoch): a fresh training iterator for that epoch; validate(module):
-    the validation figures. Returns the last epoch's EpochEnd (None for no epoch).
+    the validation figures; partial: the first epoch's Partial when a mid-epoch
+    checkpoint began it. Returns the last epoch's EpochEnd (None for no epoch).
     A StopTraining from a callback ends the loop; it carries the last finished
     EpochEnd: from an epoch-end callback, that epoch's (the callbacks before it ran).
     """
     end = None
     try:
-        for epoch in epochs:
-            images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks)
+        for index, epoch in enumerate(epochs):
+            images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks,
+                                          partial if index == 0 else None)
             # Each device keeps its own BatchNorm statistics; get_params averages them.
             # Every device takes that average, the one the checkpoint saves, so that
             # validation and a resumed run use exactly what an unbroken run uses.
@@ -158,22 +198,46 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
     return end
 
 
-def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks):
-    """One pass over data_iter; returns (images seen, seconds)."""
+def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None):
+    """One pass over data_iter; returns (images seen, seconds).
+
+    partial: a Partial of this epoch. Its batches are read again without being
+    trained, so that the iterator hands out the rest as an unbroken run's did.
+    Batch-end callbacks get locals 'module', 'batch', and 'images' and 'seconds'
+    of the epoch so far.
+    """
     import mxnet as mx
     metric.reset()
-    images, tic = 0, time.time()
+    skip, images, spent = 0, 0, 0.0
+    if partial is not None:
+        skip, images, spent = partial.batch, partial.images, partial.seconds
+        restore_metric(metric, partial.metric)
+    tic = time.time()
     for nbatch, batch in enumerate(data_iter):
+        if nbatch < skip:
+            continue
         module.forward_backward(batch)
         module.update()
         # update_metric reads the outputs back, which also waits for this batch
         module.update_metric(metric, batch.label)
         images += batch.data[0].shape[0] - batch.pad
-        param = mx.model.BatchEndParam(epoch=epoch, nbatch=nbatch, eval_metric=metric,
-                                       locals={"module": module, "batch": batch})
+        param = mx.model.BatchEndParam(epoch=epoch, nbatch=nbatch, eval_metric=metric, locals={
+            "module": module, "batch": batch, "images": images, "seconds": spent + time.time() - tic})
         for callback in batch_end_callbacks:
             callback(param)
-    return images, time.time() - tic
+    return images, spent + time.time() - tic
+
+
+def metric_state(metric):
+    """The sums of a CompositeEvalMetric's metrics, as JSON values (restore_metric takes them)."""
+    return [[float(m.sum_metric), int(m.num_inst), float(m.global_sum_metric), int(m.global_num_inst)]
+            for m in metric.metrics]
+
+
+def restore_metric(metric, state):
+    for m, (total, count, global_total, global_count) in zip(metric.metrics, state):
+        m.sum_metric, m.num_inst = total, count
+        m.global_sum_metric, m.global_num_inst = global_total, global_count
 
 
 def training_metric(top_k):
@@ -217,18 +281,21 @@ def _param_shapes(symbol, image_shape):
     return args, dict(zip(symbol.list_auxiliary_states(), aux_shapes))
 
 
-def _start(module, model, cfg):
-    """Initialize fresh, or load the checkpoint of the epoch to resume after."""
+def _start(module, model, cfg, start):
+    """Initialize fresh, or load the checkpoint `start` names (verified by find_start)."""
+    import mxnet as mx
     arg_shapes, aux_shapes = _param_shapes(model.symbol, cfg.image_shape)
-    if not cfg.begin_epoch:
+    if start.tag is None:
         init_params(module, model, arg_shapes, aux_shapes, cfg.seed)
         return
-    what = f"checkpoint {cfg.prefix} epoch {cfg.begin_epoch}"
-    _, args, aux = checkpoint.load_checkpoint(cfg.prefix, cfg.begin_epoch, epoch_flag="--load-epoch")
+    path = checkpoint.params_path(cfg.prefix, start.tag)
+    what = f"checkpoint {path}"
+    args, aux = split_params(mx.nd.load(path), path)
     args = match_params(arg_shapes, args, "argument", what)
     aux = match_params(aux_shapes, aux, "auxiliary state", what)
     module.init_params(arg_params=args, aux_params=aux, allow_missing=False, force_init=True)
-    log.info("resumed from %s", what)
+    where = f"batch {start.batch} of epoch {start.epoch + 1}" if start.batch else f"epoch {start.epoch}"
+    log.info("resumed from %s (after %s)", what, where)
 
 
 def initializer():

@@ -105,10 +105,10 @@ def lr_scheduler(schedule, epoch_size):
     return None
 
 
-def optimizer_params(schedule, *, epoch_size, dtype, begin_epoch):
-    """SGD settings; a resumed run (begin_epoch > 0) starts its schedule where it stopped."""
+def optimizer_params(schedule, *, epoch_size, dtype, begin_update=0):
+    """SGD settings; a resumed run starts its schedule at the update it stopped after."""
     params = {"learning_rate": schedule.lr, "momentum": schedule.mom, "wd": schedule.wd,
-              "begin_num_update": begin_epoch * epoch_size, "multi_precision": dtype == "float16"}
+              "begin_num_update": begin_update, "multi_precision": dtype == "float16"}
     scheduler = lr_scheduler(schedule, epoch_size)
     if scheduler is not None:
         params["lr_scheduler"] = scheduler

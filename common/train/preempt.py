@@ -1,0 +1,103 @@
+"""Preemption: SIGTERM, SIGINT and SIGUSR1 end a run cleanly, at a batch boundary.
+
+Schedulers send SIGTERM before they kill a job (and `sbatch --signal=USR1@90`
+sends SIGUSR1 before a time limit); a user sends SIGINT with Ctrl-C. Raising
+from a signal handler could land anywhere, inside MXNet's kvstore updater
+callback even, where ctypes swallows the exception and a parameter's update is
+skipped. So the handler only records the signal; the batch-end callback finishes
+the batch, commits a mid-epoch checkpoint and stops with the signal's exit
+status (130 for SIGINT, 143 otherwise). A signal during validation or a commit is
+acted on at the end of that epoch, after its commit. A second signal stops at
+once, without a checkpoint. With --requeue under Slurm, SIGUSR1 also requeues
+the job (`scontrol requeue`), exactly once.
+"""
+import logging
+import os
+import signal
+import subprocess
+
+from ..cli import Stop, UserError
+
+log = logging.getLogger(__name__)
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 143}
+
+
+class Preempted(Stop):
+    """Training ended on a signal, after committing what it had."""
+
+
+def slurm_job():
+    """The job id `scontrol requeue` takes ('123', or '123_4' for an array task), or None."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def check_requeue(requeue):
+    """--requeue needs a Slurm job to requeue."""
+    if requeue and slurm_job() is None:
+        raise UserError("--requeue: this process is not a Slurm job (no SLURM_JOB_ID); run it with sbatch, "
+                        "or leave --requeue out")
+
+
+class Preemption:
+    """Catches the signals while installed; call batch_end/epoch_end from the loop's callbacks.
+
+    commit_mid_epoch(param): commits the mid-epoch checkpoint of a BatchEndParam.
+    """
+
+    def __init__(self, commit_mid_epoch, requeue=False):
+        self.commit_mid_epoch, self.requeue = commit_mid_epoch, requeue
+        self.signum, self._previous, self._requeued = None, {}, False
+
+    def __enter__(self):
+        for signum in EXIT_STATUS:
+            self._previous[signum] = signal.signal(signum, self._caught)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _caught(self, signum, frame):
+        if self.signum is not None:
+            # Not an exception: it could surface inside an MXNet callback and be lost.
+            log.error("second signal (%s): stopping now, without a checkpoint", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(EXIT_STATUS[signum])
+        self.signum = signum
+        log.warning("%s received: stopping after this batch with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def batch_end(self, param):
+        if self.signum is None:
+            return
+        self.commit_mid_epoch(param)
+        self._stop(f"epoch {param.epoch}, batch {param.nbatch + 1}")
+
+    def epoch_end(self, end):
+        if self.signum is not None:
+            self._stop(f"the end of epoch {end.epoch}")
+
+    def _stop(self, where):
+        name = signal.Signals(self.signum).name
+        if self.signum == signal.SIGUSR1 and self.requeue:
+            self._requeue()
+        raise Preempted(f"{name}: stopped at {where}; the same command resumes from there",
+                        EXIT_STATUS[self.signum])
+
+    def _requeue(self):
+        if self._requeued:
+            return
+        self._requeued = True
+        job = slurm_job()
+        try:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("scontrol requeue %s could not run: %s", job, exc)
+            return
+        if result.returncode:
+            log.error("scontrol requeue %s failed (exit %d): %s", job, result.returncode,
+                      (result.stderr or result.stdout).strip())
+        else:
+            log.info("requeued Slurm job %s", job)
