@@ -12,6 +12,8 @@ from common import venv
 
 if __name__ == "__main__":
     venv.ensure("train_caltech.py")  # before the imports below, which need the requirements
+    from common.cluster import watchdog
+    watchdog.guard_process()  # before MXNet's import, inside which a dist server or scheduler runs
 
 import json
 import logging
@@ -20,6 +22,7 @@ import shutil
 import sys
 
 from common import cli, devices, evaluate, records
+from common.cluster import watchdog
 from common.fsutil import write_text_atomic
 from common.train import callbacks, loop, modes, preempt, resume, schedule
 
@@ -60,11 +63,16 @@ def main(argv=None):
     preempt.check_requeue(args.requeue)
     contexts, batch_size, dataset = _devices_and_data(args)
     kv = devices.create_kvstore(args.kv_store)
+    with watchdog.leaving_on_failure(kv, "train_caltech.py"), watchdog.job_watchdog(kv) as progress:
+        return _run(args, contexts, batch_size, dataset, kv, plan, progress)
+
+
+def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
     identity = resume.run_identity(network=args.network, mode=args.mode, dataset=dataset,
                                    image_shape=args.image_shape)
     start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
-                                num_epochs=args.num_epochs)
+                                num_epochs=args.num_epochs, rank=kv.rank)
     if start.batch == 0 and start.epoch >= args.num_epochs:
         log.info("%s has finished all %d epochs already: nothing to train", prefix, args.num_epochs)
         return _final(start.manifest["val"], args.top_k)
@@ -77,7 +85,7 @@ def main(argv=None):
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
-                         requeue=args.requeue)
+                         requeue=args.requeue, progress=progress)
     try:
         val = cli.logging_failures(_train, net, dataset, contexts, kv, plan, cfg, start)
     finally:

@@ -7,6 +7,7 @@ codes.
 """
 import argparse
 import collections
+import gc
 import logging
 import math
 import os
@@ -317,28 +318,43 @@ def logging_failures(function, *args):
 def run_entry(main, prog, argv=None):
     """Run `main(argv)`; report UserError/OSError as one line. Returns the exit status."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # venv.ensure's, for the imports
+    status = _status_of(main, prog, argv)
+    # A re-raised exception's traceback holds a reference cycle to the frames it left
+    # (and to their MXNet objects); collected only at interpreter shutdown, a dist
+    # kvstore would then say goodbye to its peers after MXNet's engine has stopped, and
+    # abort. Collected now, it closes like one whose run ended normally.
+    gc.collect()
+    return status
+
+
+def _status_of(main, prog, argv):
     try:
         result = main(argv)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except Stop as exc:
+    except REPORTED as exc:
+        return report(exc, prog)
+    # An int is an exit status; anything else (an entry's metrics) means success.
+    return result if isinstance(result, int) else 0
+
+
+REPORTED = (UserError, Stop, OSError, KeyboardInterrupt)  # what report() turns into one line
+
+
+def report(exc, prog):
+    """Print the one line for a REPORTED exception that ended `prog`; returns the exit status."""
+    if isinstance(exc, Stop):
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.status
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         # The reader went away (`predict.py ... | head`): no error to report, and
         # nothing may be flushed to the closed pipe at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE  # what a process killed by SIGPIPE reports, as `cat` would
-    except OSError as exc:
-        # Disk full, permission denied mid-run: the OS message names the file.
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    # An int is an exit status; anything else (an entry's metrics) means success.
-    return result if isinstance(result, int) else 0
+    # UserError, or OSError: disk full, permission denied mid-run (the OS message names the file).
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def software_versions():

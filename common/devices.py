@@ -6,6 +6,7 @@ do, which is how this project is tested on machines without a GPU.
 """
 import argparse
 import os
+import signal
 
 from .cli import UserError, positive_int
 
@@ -72,9 +73,26 @@ def check_batch_fits(batch_size, num_images, num_devices):
 
 
 def create_kvstore(kind):
-    """The kvstore; dist_* ones need the DMLC_* variables MXNet's launcher sets."""
+    """The kvstore; dist_* ones need the DMLC_* variables launch.py sets, and under
+    launch.py only they connect the worker to the job."""
     import mxnet as mx
-    if kind.startswith("dist") and "DMLC_ROLE" not in os.environ:
-        raise UserError(f"--kv-store {kind} needs MXNet's launcher (mxnet/tools/launch.py), "
-                        f"which sets DMLC_ROLE and the scheduler address; valid without it: device, local")
-    return mx.kv.create(kind)
+    launched = os.environ.get("DMLC_ROLE")
+    if kind.startswith("dist") and not launched:
+        raise UserError(f"--kv-store {kind} needs the launcher (python launch.py -n WORKERS --launcher local "
+                        f"python train_caltech.py ...), which sets DMLC_ROLE and the scheduler address; "
+                        f"valid without it: device, local")
+    if launched and not kind.startswith("dist"):
+        raise UserError(f"--kv-store {kind}: this process was started by launch.py (DMLC_ROLE={launched}), "
+                        f"whose workers must train together; valid: dist_sync, dist_device_sync")
+    if not kind.startswith("dist"):
+        return mx.kv.create(kind)
+    # ps-lite's threads start here. A stop signal delivered to one of them interrupts
+    # its socket call, and the store later aborts the process ("terminate called
+    # without an active exception"): they inherit a mask that blocks those signals,
+    # so that the kernel hands them to the main thread, where Python handles them.
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        return mx.kv.create(kind)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)

@@ -240,7 +240,7 @@ def read_labels(rec, idx):
     labels = np.empty(len(offsets), dtype=np.float64)
     with open(rec, "rb") as f:
         for i, (key, offset) in enumerate(offsets):
-            head = _record_start(f, offset, size)
+            head, _ = _record_extent(f, offset, size)
             if head is None or len(head) < _IRHEADER.size:
                 raise UserError(f"{rec}: record {key} at byte {offset} is corrupt or truncated")
             flag, label, _, _ = _IRHEADER.unpack(head[:_IRHEADER.size])
@@ -250,8 +250,27 @@ def read_labels(rec, idx):
     return labels
 
 
-def _record_start(f, offset, size):
-    """The first IRHeader-size payload bytes of the record at `offset`, or None.
+def write_subset(record_set, positions, stem):
+    """Copy the records at `positions` (indexes into record_set's .idx order) into
+    stem.rec/.idx, byte for byte, in that order; returns their RecordSet."""
+    offsets = _read_idx(record_set.idx)
+    size = os.path.getsize(record_set.rec)
+    with open(record_set.rec, "rb") as src, open(stem + ".rec", "wb") as rec, \
+            open(stem + ".idx", "w", encoding="utf-8") as idx:
+        for position in positions:
+            key, offset = offsets[position]
+            head, end = _record_extent(src, offset, size)
+            if head is None:
+                raise UserError(f"{record_set.rec}: record {key} at byte {offset} is corrupt or truncated")
+            src.seek(offset)
+            idx.write(f"{key}\t{rec.tell()}\n")
+            rec.write(src.read(end - offset))
+    return RecordSet(stem + ".rec", stem + ".idx", record_set.labels[np.asarray(positions, dtype=np.int64)])
+
+
+def _record_extent(f, offset, size):
+    """(the first IRHeader-size payload bytes of the record at `offset`, the byte
+    after its last part), or (None, None).
 
     dmlc RecordIO splits a record whose payload holds the magic word at a 4-byte
     boundary into parts (continuation flag 1, then 2..., last 3), dropping those
@@ -263,17 +282,17 @@ def _record_start(f, offset, size):
         f.seek(pos)
         head = f.read(8)
         if len(head) < 8:
-            return None
+            return None, None
         magic, lrecord = struct.unpack("<II", head)
         length, part = lrecord & _LENGTH_MASK, lrecord >> 29
         end = pos + 8 + (length + 3) // 4 * 4  # parts are padded to 4 bytes
         if magic != _MAGIC or end > size or (pos == offset) != (part in (0, 1)):
-            return None
+            return None, None
         if len(payload) < _IRHEADER.size:
             joint = struct.pack("<I", _MAGIC) if pos != offset else b""
             payload += joint + f.read(min(length, _IRHEADER.size))
         if part in (0, 3):
-            return payload
+            return payload, end
         pos = end
 
 

@@ -126,8 +126,7 @@ def preprocess(path, resize, image_shape):
     return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
 
 
-def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0,
-                num_parts=1, part_index=0):
+def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0):
     """An ImageRecordIter with the project's one preprocessing recipe.
 
     Training: true global shuffle through the .idx, random crop and mirror.
@@ -142,4 +141,4 @@ def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0,
         data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
         batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
         round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
-        num_parts=num_parts, part_index=part_index, verbose=False)
+        verbose=False)

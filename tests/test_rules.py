@@ -28,7 +28,7 @@ from tools.imagegen import class_image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREP_MODULES = ["common.prep.main", "common.prep.pack", "common.prep.imagefolder",
                 "common.prep.download", "common.prep.parallel"]
-ROOMS = ("prep", "train", "infer")
+ROOMS = ("prep", "train", "infer", "cluster")
 
 
 def fresh_python(code):
@@ -166,7 +166,8 @@ def readme_map():
 
 def test_readme_where_things_are_matches_the_tree():
     section = readme_map()
-    modules = [p for folder in ("common", "common/prep", "common/train", "common/infer", "tools", "symbols")
+    modules = [p for folder in ("common", "common/prep", "common/train", "common/infer", "common/cluster", "tools",
+                                                "symbols")
                for p in glob.glob(os.path.join(REPO, folder, "*.py")) if not p.endswith("__init__.py")]
     missing = [os.path.relpath(p, REPO) for p in modules
                if os.path.splitext(os.path.basename(p))[0] not in section]

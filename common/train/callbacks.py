@@ -116,14 +116,21 @@ class CommitCheckpoint:
         log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, end.epoch), best)
 
 
-def commit_mid_epoch(prefix, identity, metric_state):
+def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None):
     """The function that commits PREFIX-resume from a BatchEndParam (a preempted epoch).
 
     metric_state(metric): the training metric's sums, to resume them exactly.
+    With a dist kvstore every worker calls it: gather_aux(aux_params) adds the
+    other workers' BatchNorm statistics (dist.DistSync.with_worker_aux), and only
+    rank 0 has write=True.
     """
     def commit(param):
         module = param.locals["module"]
         arg_params, aux_params = module.get_params()
+        if gather_aux is not None:
+            aux_params = gather_aux(aux_params)
+        if not write:
+            return
         info = {"epoch": param.epoch, "batch": param.nbatch + 1, "run": identity,
                 "num_update": module._optimizer.num_update,
                 "train_state": {"images": param.locals["images"], "seconds": param.locals["seconds"],

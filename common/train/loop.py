@@ -13,11 +13,12 @@ A run starts where common.train.resume.find_start says: fresh, after an epoch,
 or mid-epoch (the batches a preempted run already trained are read again, not
 trained, so the rest of the epoch sees what an unbroken run would).
 """
+import contextlib
 import dataclasses
 import logging
 import time
 
-from . import callbacks, preempt, schedule as sched
+from . import callbacks, dist, preempt, schedule as sched
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
 from ..cli import int_at_least, nonnegative_int, positive_int
@@ -42,7 +43,7 @@ class RunConfig:
     disp_batches: Speedometer period. seed: weights, order and augmentation.
     dtype: 'float32' or 'float16'. identity: resume.run_identity, recorded in
     every manifest. keep: committed checkpoints kept. requeue: requeue the Slurm
-    job on SIGUSR1.
+    job on SIGUSR1. progress: called after every batch and epoch (a watchdog's beat).
     """
     prefix: str
     batch_size: int
@@ -55,6 +56,7 @@ class RunConfig:
     identity: dict = None
     keep: int = KEEP
     requeue: bool = False
+    progress: object = None
 
 
 def add_fit_args(parser):
@@ -111,31 +113,51 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     file is unpickled here only because its manifest vouched for it.
     """
     module = _bind(model, contexts, cfg)
-    _start(module, model, cfg, start)
+    _start(module, model, cfg, start, rank=kv.rank)
     epoch_size = sched.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
-    module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=sched.optimizer_params(
-        schedule, epoch_size=epoch_size, dtype=cfg.dtype, begin_update=start.epoch * epoch_size + start.batch))
+    sync = _init_optimizer(module, kv, schedule, cfg, begin_update=start.epoch * epoch_size + start.batch,
+                           epoch_size=epoch_size)
     if start.tag is not None:
         module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
 
+    shards = dist.Shards(dataset.train, rank=kv.rank, num_workers=kv.num_workers) if sync else None
+
     def train_data(epoch):
-        return transforms.record_iter(dataset.train, image_shape=cfg.image_shape,
-                                      batch_size=cfg.batch_size, train=True, threads=cfg.data_threads,
-                                      seed=epoch_seed(cfg.seed, epoch), num_parts=kv.num_workers,
-                                      part_index=kv.rank)
+        seed = epoch_seed(cfg.seed, epoch)
+        return transforms.record_iter(shards.epoch(seed) if shards else dataset.train,
+                                      image_shape=cfg.image_shape, batch_size=cfg.batch_size, train=True,
+                                      threads=cfg.data_threads, seed=seed)
 
     def validate(module):
         return evaluate.evaluate_set(module, dataset.val, image_shape=cfg.image_shape,
                                      batch_size=cfg.batch_size, threads=cfg.data_threads,
                                      num_classes=dataset.num_classes, top_k=cfg.top_k).figures
 
-    commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state)
-    with preempt.Preemption(commit_mid_epoch if kv.rank == 0 else lambda param: None, cfg.requeue) as stops:
+    commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
+                                                  gather_aux=sync and sync.with_worker_aux)
+    with preempt.Preemption(commit_mid_epoch, cfg.requeue, agree=sync and sync.any) as stops, \
+            shards or contextlib.nullcontext():
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
                                                  preemption=stops)
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
                    validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
-                   epoch_end_callbacks=epoch_end, partial=_partial(start))
+                   epoch_end_callbacks=epoch_end, partial=_partial(start),
+                   batches=epoch_size if sync else None, mean_aux=sync and sync.mean_aux)
+
+
+def _init_optimizer(module, kv, schedule, cfg, *, begin_update, epoch_size):
+    """SGD on `kv`; with a dist kvstore, returns the workers' dist.DistSync (else None)."""
+    if dist.is_dist(kv):
+        dist.sum_on_servers()
+    module.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=sched.optimizer_params(
+        schedule, epoch_size=epoch_size, dtype=cfg.dtype, begin_update=begin_update))
+    if not dist.is_dist(kv):
+        return None
+    sync = dist.DistSync(kv, _param_shapes(module.symbol, cfg.image_shape)[1])
+    sync.share_params(module)
+    return sync
+
+
 
 
 def _partial(start):
@@ -158,6 +180,9 @@ def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None):
     if preemption is not None:
         batch_end.append(preemption.batch_end)
         epoch_end.append(preemption.epoch_end)
+    if cfg.progress is not None:
+        batch_end.append(cfg.progress)
+        epoch_end.append(cfg.progress)
     return batch_end, epoch_end
 
 
@@ -168,12 +193,13 @@ def epoch_seed(seed, epoch):
 
 
 def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=(),
-        partial=None):
+        partial=None, batches=None, mean_aux=None):
     """Train a bound, initialized `module` for each epoch number in `epochs` (1-based).
 
     train_data(epoch): a fresh training iterator for that epoch; validate(module):
     the validation figures; partial: the first epoch's Partial when a mid-epoch
-    checkpoint began it. Returns the last epoch's EpochEnd (None for no epoch).
+    checkpoint began it; batches: train at most this many batches an epoch;
+    mean_aux(aux_params): the BatchNorm statistics every worker takes (dist.DistSync). Returns the last epoch's EpochEnd (None for no epoch).
     A StopTraining from a callback ends the loop; it carries the last finished
     EpochEnd: from an epoch-end callback, that epoch's (the callbacks before it ran).
     """
@@ -181,11 +207,13 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
     try:
         for index, epoch in enumerate(epochs):
             images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks,
-                                          partial if index == 0 else None)
+                                          partial if index == 0 else None, batches)
             # Each device keeps its own BatchNorm statistics; get_params averages them.
             # Every device takes that average, the one the checkpoint saves, so that
             # validation and a resumed run use exactly what an unbroken run uses.
             arg_params, aux_params = module.get_params()
+            if mean_aux is not None:
+                aux_params = mean_aux(aux_params)
             module.set_params(arg_params, aux_params)
             val = validate(module)
             record = epoch_record(epoch, metric, val, sched.current_lr(module), images, seconds)
@@ -198,8 +226,8 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
     return end
 
 
-def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None):
-    """One pass over data_iter; returns (images seen, seconds).
+def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None, batches=None):
+    """One pass over data_iter (its first `batches` batches); returns (images seen, seconds).
 
     partial: a Partial of this epoch. Its batches are read again without being
     trained, so that the iterator hands out the rest as an unbroken run's did.
@@ -214,6 +242,8 @@ def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=N
         restore_metric(metric, partial.metric)
     tic = time.time()
     for nbatch, batch in enumerate(data_iter):
+        if nbatch == batches:
+            break
         if nbatch < skip:
             continue
         module.forward_backward(batch)
@@ -281,8 +311,11 @@ def _param_shapes(symbol, image_shape):
     return args, dict(zip(symbol.list_auxiliary_states(), aux_shapes))
 
 
-def _start(module, model, cfg, start):
-    """Initialize fresh, or load the checkpoint `start` names (verified by find_start)."""
+def _start(module, model, cfg, start, rank=0):
+    """Initialize fresh, or load the checkpoint `start` names (verified by find_start).
+
+    rank: the kvstore rank, whose own BatchNorm statistics a mid-epoch checkpoint of
+    a dist job holds (dist.own_aux)."""
     import mxnet as mx
     arg_shapes, aux_shapes = _param_shapes(model.symbol, cfg.image_shape)
     if start.tag is None:
@@ -291,6 +324,7 @@ def _start(module, model, cfg, start):
     path = checkpoint.params_path(cfg.prefix, start.tag)
     what = f"checkpoint {path}"
     args, aux = split_params(mx.nd.load(path), path)
+    aux = dist.own_aux(aux, rank)
     args = match_params(arg_shapes, args, "argument", what)
     aux = match_params(aux_shapes, aux, "auxiliary state", what)
     module.init_params(arg_params=args, aux_params=aux, allow_missing=False, force_init=True)

@@ -44,10 +44,12 @@ class Preemption:
     """Catches the signals while installed; call batch_end/epoch_end from the loop's callbacks.
 
     commit_mid_epoch(param): commits the mid-epoch checkpoint of a BatchEndParam.
+    agree(flag): with a dist kvstore, True on every worker if flag is on any
+    (common.train.dist.DistSync.any), so that all of them stop after the same batch.
     """
 
-    def __init__(self, commit_mid_epoch, requeue=False):
-        self.commit_mid_epoch, self.requeue = commit_mid_epoch, requeue
+    def __init__(self, commit_mid_epoch, requeue=False, agree=None):
+        self.commit_mid_epoch, self.requeue, self.agree = commit_mid_epoch, requeue, agree
         self.signum, self._previous, self._requeued = None, {}, False
 
     def __enter__(self):
@@ -70,14 +72,26 @@ class Preemption:
                     signal.Signals(signum).name)
 
     def batch_end(self, param):
-        if self.signum is None:
+        if not self._stopping():
             return
         self.commit_mid_epoch(param)
         self._stop(f"epoch {param.epoch}, batch {param.nbatch + 1}")
 
     def epoch_end(self, end):
-        if self.signum is not None:
+        if self._stopping():
             self._stop(f"the end of epoch {end.epoch}")
+
+    def _stopping(self):
+        if self.agree is None:
+            return self.signum is not None
+        # Every worker asks, every batch: a worker that stopped alone would leave the others
+        # waiting. A signal arriving during the question counts at the next batch.
+        if not self.agree(self.signum is not None):
+            return False
+        if self.signum is None:
+            log.warning("another worker received a stop signal: stopping after this batch")
+            self.signum = signal.SIGTERM
+        return True
 
     def _stop(self, where):
         name = signal.Signals(self.signum).name

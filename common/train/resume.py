@@ -48,13 +48,19 @@ def run_identity(*, network, mode, dataset, image_shape):
             "image_shape": list(image_shape)}
 
 
-def choose_start(prefix, identity, *, load_epoch, restart, num_epochs):
-    """find_start for the command-line options; --restart first moves the earlier run aside."""
+def choose_start(prefix, identity, *, load_epoch, restart, num_epochs, rank=0):
+    """find_start for the command-line options; --restart first moves the earlier run aside.
+
+    rank: the worker's kvstore rank. With --restart only rank 0 moves files; the
+    others start fresh without looking (rank 0's weights reach them through the kvstore).
+    """
     if restart and load_epoch:
         raise UserError("--restart starts over and --load-epoch continues: give one of them")
     if load_epoch and load_epoch >= num_epochs:
         raise UserError(f"--load-epoch {load_epoch} leaves nothing to train with --num-epochs {num_epochs}")
     if restart:
+        if rank:
+            return Start()
         move_aside(prefix)
     return find_start(prefix, identity, load_epoch=load_epoch)
 

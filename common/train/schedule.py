@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import math
 
-from ..cli import float_range, nonnegative_float, positive_float, positive_int
+from ..cli import UserError, float_range, nonnegative_float, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -123,5 +123,13 @@ def current_lr(module):
 
 
 def updates_per_epoch(num_examples, batch_size, num_workers=1):
-    """Batches per epoch and worker; ImageRecordIter rounds the last batch up."""
-    return max(1, math.ceil(num_examples / num_workers / batch_size))
+    """Batches per epoch and worker; ImageRecordIter rounds the last batch up.
+
+    With several workers each trains on N // W images an epoch (common.train.dist.Shards):
+    the same number of batches for all, since one with a batch more would wait
+    forever for the others' push.
+    """
+    if num_examples < num_workers:
+        raise UserError(f"{num_examples} training images cannot give each of {num_workers} workers one; "
+                        f"valid: at most {num_examples} workers")
+    return math.ceil(num_examples // num_workers / batch_size)

@@ -1,0 +1,145 @@
+"""What the workers of a dist kvstore agree on besides gradients.
+
+With dist_sync every worker takes part in every batch's push and pull: a worker
+that stops one batch earlier or later than the others leaves them waiting
+forever. So the workers decide together, once per batch, whether to stop (a
+preemption signal reached any of them), and they all train the same number of
+batches per epoch: each epoch, worker r of W trains on its own N // W images of
+a permutation of the whole set seeded by the epoch (Shards). MXNet's own split
+(num_parts) would give each worker a fixed slice of the .rec, which
+prepare_data.sh writes in class order: half the classes each, and BatchNorm
+batches unlike any at test time. Each worker's BatchNorm statistics come from
+its own images; at the end of each epoch they are averaged over the workers,
+so that validation, the checkpoint and a resumed run use one set. A mid-epoch
+checkpoint holds every worker's own statistics (rank 0's as usual, the others'
+as 'workerR/NAME'), so that a resumed job continues exactly.
+
+The kvstore runs with MXNET_UPDATE_ON_KVSTORE=0: the servers only sum, and each
+worker applies the optimizer itself to the summed gradient. Every worker then
+holds the same optimizer states, which rank 0 saves with its checkpoint (MXNet
+cannot save states that live on the servers) and every worker loads on resume.
+The sums above use the same store: keys that no optimizer touches.
+"""
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from .. import records
+
+log = logging.getLogger(__name__)
+
+_STOP_KEY = "finetune:stop"
+_AUX_KEY = "finetune:aux:"
+
+
+def is_dist(kv):
+    return kv is not None and kv.type.startswith("dist")
+
+
+def sum_on_servers():
+    """Before Module.init_optimizer: servers sum gradients, workers update (see the docstring)."""
+    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
+
+
+class DistSync:
+    """Agreement over the workers of `kv`; aux_shapes: {name: shape} of the BatchNorm statistics."""
+
+    def __init__(self, kv, aux_shapes):
+        import mxnet as mx
+        self.kv, self._aux = kv, sorted(aux_shapes)
+        # Every worker initializes the same keys in the same order (kv.init is collective).
+        kv.init(_STOP_KEY, mx.nd.zeros((1,)))
+        for name in self._aux:
+            kv.init(_AUX_KEY + name, mx.nd.zeros(aux_shapes[name]))
+
+    def any(self, flag):
+        """True on every worker if `flag` is true on any of them."""
+        import mxnet as mx
+        total = mx.nd.zeros((1,))
+        self.kv.push(_STOP_KEY, mx.nd.array([1.0 if flag else 0.0]))
+        self.kv.pull(_STOP_KEY, out=total)
+        return total.asscalar() > 0
+
+    def mean_aux(self, aux_params):
+        """{name: array}: the mean over the workers of each worker's `aux_params`."""
+        import mxnet as mx
+        out = {}
+        for name in self._aux:
+            out[name] = mx.nd.zeros(aux_params[name].shape)
+            self.kv.push(_AUX_KEY + name, aux_params[name])
+            self.kv.pull(_AUX_KEY + name, out=out[name])
+        return {name: array / self.kv.num_workers for name, array in out.items()}
+
+    def with_worker_aux(self, aux_params):
+        """aux_params plus every other worker's own, as 'workerR/NAME' (for a mid-epoch
+        checkpoint); collective: every worker calls it, with its own."""
+        import mxnet as mx
+        out = dict(aux_params)
+        for rank in range(self.kv.num_workers):
+            for name in self._aux:
+                # The servers sum: only `rank` pushes its values, the others zeros.
+                mine = aux_params[name] if rank == self.kv.rank else mx.nd.zeros(aux_params[name].shape)
+                total = mx.nd.zeros(mine.shape)
+                self.kv.push(_AUX_KEY + name, mine)
+                self.kv.pull(_AUX_KEY + name, out=total)
+                if rank:
+                    out[f"worker{rank}/{name}"] = total
+        return out
+
+    def share_params(self, module):
+        """Every worker takes rank 0's parameters (those its kv.init stored) before training."""
+        arg_params, aux_params = module.get_params()
+        import mxnet as mx
+        shared = {}
+        for name, array in arg_params.items():
+            shared[name] = mx.nd.zeros(array.shape, dtype=array.dtype)
+            self.kv.pull(name, out=shared[name])
+        module.set_params(shared, aux_params)
+
+
+def own_aux(aux_params, rank):
+    """The BatchNorm statistics worker `rank` resumes with: its own where a mid-epoch
+    checkpoint saved them ('workerR/NAME'), else rank 0's."""
+    mine = f"worker{rank}/"
+    own = {name[len(mine):]: value for name, value in aux_params.items() if name.startswith(mine)}
+    shared = {name: value for name, value in aux_params.items() if "/" not in name}
+    return dict(shared, **own)
+
+
+class Shards:
+    """Each epoch's part of `record_set` for worker `rank` of `num_workers` (a context
+    manager: the parts are files in a temporary folder, removed at exit).
+
+    The permutation depends only on the epoch's seed, so a resumed run sees the
+    same parts; N % W images sit out each epoch, different ones every time.
+    """
+
+    def __init__(self, record_set, *, rank, num_workers):
+        self.record_set, self.rank, self.num_workers = record_set, rank, num_workers
+        self.folder = None
+
+    def __enter__(self):
+        self.folder = tempfile.mkdtemp(prefix=f"finetune-worker{self.rank}-")
+        count, rest = divmod(len(self.record_set), self.num_workers)
+        log.info("worker %d of %d: %d of the %d training images each epoch%s", self.rank, self.num_workers,
+                 count, len(self.record_set),
+                 f" ({rest} sit out each epoch, different ones each time)" if rest else "")
+        return self
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def epoch(self, seed):
+        """The RecordSet this worker trains on in the epoch with iterator seed `seed`."""
+        tic = time.time()
+        count = len(self.record_set) // self.num_workers
+        order = np.random.default_rng(seed).permutation(len(self.record_set))
+        # Sorted: the copy reads the .rec front to back; the iterator shuffles anyway.
+        mine = np.sort(order[self.rank * count:(self.rank + 1) * count])
+        part = records.write_subset(self.record_set, mine, os.path.join(self.folder, "train"))
+        log.debug("worker %d: its %d images copied in %.2f s", self.rank, count, time.time() - tic)
+        return part
