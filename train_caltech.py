@@ -109,7 +109,8 @@ def _devices_and_data(args):
     args.prefix = records.find_prefix(args.data_dir, args.prefix, args.data_train)  # args.json records it
     dataset = records.load_dataset(args.data_dir, args.prefix, data_train=args.data_train,
                                    data_val=args.data_val, classes=args.classes,
-                                   num_classes=args.num_classes, num_examples=args.num_examples)
+                                   num_classes=args.num_classes, num_examples=args.num_examples,
+                                   decode=args.check_data == "full")
     args.top_k = evaluate.resolve_top_k(args.top_k, loop.TOP_K, dataset.num_classes)
     devices.check_batch_fits(batch_size, len(dataset.train), len(contexts))
     records.warn_if_upscaled(dataset.train.rec, args.image_shape)

@@ -10,9 +10,10 @@ import logging
 import os
 import struct
 
+import cv2
 import numpy as np
 
-from .cli import UserError, positive_int
+from .cli import UserError, positive_int, progress
 from .fsutil import read_json
 from .transforms import image_shape as image_shape_type
 
@@ -22,6 +23,7 @@ _MAGIC = 0xCED7230A  # dmlc RecordIO record start
 _LENGTH_MASK = (1 << 29) - 1
 _IRHEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: mx.recordio.IRHeader
 _TRAIN_SUFFIX = "-train.rec"
+CHECKS = ("headers", "full")
 _SET_SUFFIXES = (_TRAIN_SUFFIX, "-val.rec")
 
 
@@ -43,6 +45,9 @@ def add_data_args(parser):
                       help="network input C,H,W; images are cropped to H,W")
     data.add_argument("--data-nthreads", metavar="N", type=positive_int, default=4,
                       help="decoding threads per iterator")
+    data.add_argument("--check-data", choices=CHECKS, default="headers",
+                      help="before training: read every record header (offsets, framing, labels, counts), "
+                           "or also decode every image (full)")
     return data
 
 
@@ -95,11 +100,12 @@ def find_prefix(data_dir, prefix=None, data_train=None):
 
 
 def load_dataset(data_dir, prefix, *, data_train=None, data_val=None, classes=None,
-                 num_classes=None, num_examples=None):
+                 num_classes=None, num_examples=None, decode=False):
     """Find, check and describe the train/val sets.
 
     Raises UserError for a missing file, a corrupt record, a label outside
-    [0, num_classes), or --num-classes/--num-examples that disagree with the data.
+    [0, num_classes), or --num-classes/--num-examples that disagree with the data;
+    decode: also for an image that does not decode (--check-data full).
     """
     train_rec = data_train or os.path.join(data_dir, f"{prefix}-train.rec")
     val_rec = data_val or os.path.join(data_dir, f"{prefix}-val.rec")
@@ -108,12 +114,12 @@ def load_dataset(data_dir, prefix, *, data_train=None, data_val=None, classes=No
     if num_classes is not None and num_classes != len(names):
         raise UserError(f"--num-classes {num_classes} does not match the data: "
                         f"{class_file} lists {len(names)} classes")
-    train = check_record_set(train_rec, len(names), "--data-train" if data_train else None)
+    train = check_record_set(train_rec, len(names), "--data-train" if data_train else None, decode=decode)
     if num_examples is not None and num_examples != len(train):
         raise UserError(f"--num-examples {num_examples} does not match the data: "
                         f"{train.idx} indexes {len(train)} records")
     check_same_classes(val_rec, names, class_file, "--data-val" if data_val else None)
-    val = check_record_set(val_rec, len(names), "--data-val" if data_val else None)
+    val = check_record_set(val_rec, len(names), "--data-val" if data_val else None, decode=decode)
     return Dataset(train, val, names, class_file)
 
 
@@ -168,14 +174,17 @@ def read_classes(path):
     return names
 
 
-def check_record_set(rec, num_classes, option=None):
+def check_record_set(rec, num_classes, option=None, decode=False):
     """Read every record header of `rec` (via its .idx) and check its label.
 
     Also compares the count with the .lst beside it, when there is one.
-    option: the flag that named `rec`, for messages.
+    option: the flag that named `rec`, for messages. decode: also decode every
+    image (OpenCV, as MXNet's iterator does), naming the first that fails.
     """
     idx = require_record_files(rec, option)
     labels = read_labels(rec, idx)
+    if decode:
+        check_images(rec, idx)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes) | (labels != np.round(labels)))
     if bad.size:
         raise UserError(f"{rec}: record {bad[0]} has label {labels[bad[0]]:g}, outside the "
@@ -266,6 +275,34 @@ def write_subset(record_set, positions, stem):
             idx.write(f"{key}\t{rec.tell()}\n")
             rec.write(src.read(end - offset))
     return RecordSet(stem + ".rec", stem + ".idx", record_set.labels[np.asarray(positions, dtype=np.int64)])
+
+
+def check_images(rec, idx):
+    """Decode every image of `rec`; UserError naming the first record that does not decode."""
+    offsets = _read_idx(idx)
+    size = os.path.getsize(rec)
+    with open(rec, "rb") as f:
+        for key, offset in progress(offsets, desc=f"decode {os.path.basename(rec)}", unit="img"):
+            image = cv2.imdecode(np.frombuffer(_record_payload(f, offset, size)[_IRHEADER.size:], np.uint8),
+                                 cv2.IMREAD_COLOR)
+            if image is None or image.size == 0:
+                raise UserError(f"{rec}: the image of record {key} (byte {offset}) does not decode; "
+                                f"repack the set with prepare_data.sh")
+
+
+def _record_payload(f, offset, size):
+    """The whole payload of the (header-checked) record at `offset`, its parts joined."""
+    parts, pos = [], offset
+    while True:
+        f.seek(pos)
+        magic, lrecord = struct.unpack("<II", f.read(8))
+        length, part = lrecord & _LENGTH_MASK, lrecord >> 29
+        if parts:
+            parts.append(struct.pack("<I", _MAGIC))  # the magic word a split dropped
+        parts.append(f.read(length))
+        if part in (0, 3):
+            return b"".join(parts)
+        pos += 8 + (length + 3) // 4 * 4
 
 
 def _record_extent(f, offset, size):

@@ -23,6 +23,7 @@ from common.prep.imagefolder import read_lst
 from tests import trainkit
 from tools.imagegen import class_image
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "caltech256"  # prepare_data.sh's default, which load_dataset looks for
 COUNTS = (12, 12, 12, 12)  # images per class in the packed set
 TRAIN_PER_CLASS = 8
@@ -320,3 +321,35 @@ def test_rec_cut_in_a_split_records_second_part_is_a_user_error(tmp_path):
     truncate(rec, os.path.getsize(rec) - 100)  # deep inside the second part
     with pytest.raises(UserError, match="truncated"):
         load(data_dir)
+
+
+# ---------------------------------------------------------------- full decode (--check-data full)
+
+def test_full_check_decodes_every_image_and_names_the_one_that_does_not(tmp_path):
+    broken = jpeg(2)[:40] + b"\x00" * 200  # a JPEG start, then nothing decodable
+    data_dir = crafted(tmp_path, [0, 1, 2], train_payloads=[jpeg(0), broken, jpeg(3)])
+    assert load(data_dir).train.labels.tolist() == [0, 1, 2]  # the headers are fine
+    with pytest.raises(UserError, match=r"caltech256-train.rec: the image of record 1 \(byte \d+\) does not decode"):
+        load(data_dir, decode=True)
+
+
+def test_full_check_reads_split_records_whole(tmp_path):
+    """A record whose JPEG holds the magic word is stored in parts; joined, it decodes."""
+    image = jpeg(1)
+    comment = b"\xff\xfe" + struct.pack(">H", 2 + 12) + b"\x00\x00" + MAGIC + b"\x00" * 6
+    data_dir = crafted(tmp_path, [0, 1], train_payloads=[image, image[:2] + comment + image[2:]])
+    assert load(data_dir, decode=True).train.labels.tolist() == [0, 1]
+
+
+def test_full_check_through_the_training_command(tmp_path):
+    import subprocess
+    import sys
+    broken = jpeg(2)[:40] + b"\x00" * 200
+    data_dir = crafted(tmp_path, [0, 1, 2, 3], train_payloads=[jpeg(0), jpeg(1), broken, jpeg(3)])
+    cmd = [sys.executable, os.path.join(REPO, "train_caltech.py"), "--data-dir", data_dir, "--network", "resnet-20",
+           "--image-shape", "3,16,16", "--mode", "scratch", "--cpus", "1", "--batch-size", "2",
+           "--model-prefix", str(tmp_path / "run"), "--check-data", "full"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env=dict(os.environ, TQDM_DISABLE="1"))
+    assert result.returncode == 1 and "the image of record 2" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "run-args.json")
