@@ -57,7 +57,7 @@ def main(argv=None):
         with fsutil.output_folder(out_dir):
             figures = _score_and_write(args, model, record_set, classes, shape, contexts, top_k, out_dir)
     except fsutil.CannotCreate as exc:
-        raise cli.UserError(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
+        raise cli.WriteFailed(f"--out-dir {out_dir}: cannot create it ({exc.strerror})") from None
     _print_summary(figures, top_k, out_dir)
     return figures
 

@@ -135,7 +135,7 @@ def _write_run_files(prefix, args, dataset, contexts, batch_size):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise cli.UserError(f"--model-prefix {prefix}: cannot create its folder {folder} ({exc.strerror})") from None
+        raise cli.WriteFailed(f"--model-prefix {prefix}: cannot create its folder {folder} ({exc.strerror})") from None
     handler = cli.add_log_file(f"{prefix}-train.log")
     resolved = dict(vars(args), batch_size=batch_size, model_prefix=prefix,
                     contexts=[str(c) for c in contexts], num_classes=dataset.num_classes,

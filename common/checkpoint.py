@@ -26,7 +26,7 @@ import logging
 import os
 import re
 
-from .cli import UserError, mxnet_reason
+from .cli import MissingFile, UserError, mxnet_reason
 from .fsutil import atomic_output, file_digest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -215,13 +215,13 @@ def require_checkpoint(prefix, epoch, *, prefix_flag="--model-prefix", epoch_fla
     if not os.path.isfile(sym):
         folder = os.path.dirname(prefix)
         others = ", ".join(saved_prefixes(folder)) or "none"
-        raise UserError(f"{prefix_flag} {prefix}: {sym} not found{note}; "
+        raise MissingFile(f"{prefix_flag} {prefix}: {sym} not found{note}; "
                         f"checkpoints in {folder or '.'}: {others}")
     files = [params_path(prefix, epoch)] + ([states_path(prefix, epoch)] if states else [])
     for path in files:
         if not os.path.isfile(path):
             epochs = ", ".join(map(str, saved_epochs(prefix))) or "none"
-            raise UserError(f"{epoch_flag} {epoch}: {path} not found; saved epochs of {prefix}: {epochs}")
+            raise MissingFile(f"{epoch_flag} {epoch}: {path} not found; saved epochs of {prefix}: {epochs}")
     for path in [sym] + files if verify else []:
         verify_digest(path)
 

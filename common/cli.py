@@ -18,12 +18,35 @@ import time
 from tqdm import tqdm
 
 
+# Exit statuses, by what went wrong, so that a scheduler's script can tell them apart
+# (README: the exit status table). 2 is argparse's; 130 and 143 are a preemption's
+# (common.train.preempt); launch.py adds 75 and a dead process's status.
+EXIT = {"success": 0, "bad input or data": 1, "usage": 2, "missing file": 3, "no GPU build": 4,
+        "diverged": 5, "I/O": 6}
+
+
 class UserError(Exception):
-    """A problem the user can fix (bad option, missing or corrupt file).
+    """A problem the user can fix (bad option value, corrupt file, mismatched data).
 
     The message is the whole report: one line naming the bad value and, where
-    there is a closed set, the valid values.
+    there is a closed set, the valid values. `status` is the exit status.
     """
+    status = EXIT["bad input or data"]
+
+
+class MissingFile(UserError):
+    """A file or folder the command needs does not exist."""
+    status = EXIT["missing file"]
+
+
+class NoGPUBuild(UserError):
+    """--gpus with the CPU build of MXNet."""
+    status = EXIT["no GPU build"]
+
+
+class WriteFailed(UserError):
+    """A write or a transfer failed (full disk, file-size limit, permissions, network)."""
+    status = EXIT["I/O"]
 
 
 class Stop(Exception):
@@ -354,7 +377,7 @@ def report(exc, prog):
         return 130
     # UserError, or OSError: disk full, permission denied mid-run (the OS message names the file).
     print(f"{prog}: error: {exc}", file=sys.stderr)
-    return 1
+    return exc.status if isinstance(exc, UserError) else EXIT["I/O"]
 
 
 def software_versions():

@@ -8,7 +8,7 @@ import argparse
 import os
 import signal
 
-from .cli import UserError, positive_int
+from .cli import NoGPUBuild, UserError, positive_int
 
 KVSTORES = ("device", "local", "dist_sync", "dist_device_sync")
 DTYPES = ("float32", "float16")
@@ -39,7 +39,7 @@ def contexts(gpus=None, cpus=None):
     if gpus is None:
         return [mx.cpu(i) for i in range(cpus or 1)]
     if not mx.runtime.Features().is_enabled("CUDA"):
-        raise UserError(f"--gpus {','.join(map(str, gpus))}: this MXNet {mx.__version__} is the CPU "
+        raise NoGPUBuild(f"--gpus {','.join(map(str, gpus))}: this MXNet {mx.__version__} is the CPU "
                         f"build; install the CUDA build matching your driver (e.g. pip uninstall mxnet "
                         f"&& pip install mxnet-cu112=={mx.__version__}) or use --cpus N")
     available = mx.context.num_gpus()

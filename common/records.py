@@ -13,7 +13,7 @@ import struct
 import cv2
 import numpy as np
 
-from .cli import UserError, positive_int, progress
+from .cli import MissingFile, UserError, positive_int, progress
 from .fsutil import read_json
 from .transforms import image_shape as image_shape_type
 
@@ -88,8 +88,9 @@ def find_prefix(data_dir, prefix=None, data_train=None):
     try:
         found = sorted(n[:-len(_TRAIN_SUFFIX)] for n in os.listdir(data_dir) if n.endswith(_TRAIN_SUFFIX))
     except OSError as exc:
-        raise UserError(f"--data-dir {data_dir}: {exc.strerror} (prepare_data.sh --out DIR writes the "
-                        f"sets there)") from None
+        error = MissingFile if isinstance(exc, FileNotFoundError) else UserError
+        raise error(f"--data-dir {data_dir}: {exc.strerror} (prepare_data.sh --out DIR writes the "
+                    f"sets there)") from None
     if len(found) == 1:
         return found[0]
     if not found:
@@ -165,7 +166,7 @@ def class_list_path(rec):
 def read_classes(path):
     """Class names, one per line (line i names label i)."""
     if not os.path.isfile(path):
-        raise UserError(f"class list {path} not found (prepare_data.sh writes PREFIX-classes.txt "
+        raise MissingFile(f"class list {path} not found (prepare_data.sh writes PREFIX-classes.txt "
                         f"beside the .rec files)")
     with open(path, encoding="utf-8") as f:
         names = [line.rstrip("\n") for line in f if line.strip()]
@@ -209,9 +210,9 @@ def require_record_files(rec, option=None):
     if ext in (".lst", ".idx"):
         raise UserError(f"{named}: that is the set's {ext[1:]} file; pass its .rec, {stem}.rec")
     if not os.path.isfile(rec):
-        raise UserError(f"{named}: no such file (prepare_data.sh writes the .rec, .idx and .lst of a set)")
+        raise MissingFile(f"{named}: no such file (prepare_data.sh writes the .rec, .idx and .lst of a set)")
     if not os.path.isfile(idx):
-        raise UserError(f"{named}: its index {idx} is missing (prepare_data.sh writes both)")
+        raise MissingFile(f"{named}: its index {idx} is missing (prepare_data.sh writes both)")
     return idx
 
 

@@ -1,6 +1,7 @@
 """Command-line behaviour every entry script shares: its environment, option ranges, errors."""
 import argparse
 import os
+import re
 import subprocess
 import venv as stdlib_venv
 
@@ -121,3 +122,11 @@ def test_train_accepts_the_edges_of_each_range():
         ["--lr", "1e-6", "--mom", "0", "--wd", "0", "--warmup-epochs", "0", "--lr-factor", "1",
          "--lr-mult-pretrained", "0", "--seed", "0"])
     assert (args.lr, args.mom, args.wd, args.lr_factor, args.lr_mult_pretrained) == (1e-6, 0, 0, 1, 0)
+
+
+def test_the_readme_exit_status_table_lists_every_status_of_cli_exit():
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+                  encoding="utf-8").read()
+    rows = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|", readme, re.M))
+    for meaning, status in cli.EXIT.items():
+        assert meaning.lower() in rows.get(str(status), "").lower(), (status, meaning)

@@ -439,7 +439,7 @@ def test_score_failing_after_creating_its_folder_leaves_no_empty_folder(run, tmp
     out_dir = tmp_path / "deep" / "report"
     code = cli.run_entry(score.main, "score.py", ["--model-prefix", run.prefix, "--epoch", str(EPOCHS),
                                                   "--data-val", run.val_rec, "--out-dir", str(out_dir)])
-    assert code == 1 and "No space left on device" in capsys.readouterr().err
+    assert code == cli.EXIT["I/O"] and "No space left on device" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # report/ and deep/ were made by the run and removed again
 
 

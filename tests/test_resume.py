@@ -23,7 +23,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import checkpoint
+from common import checkpoint, cli
 from tests import trainkit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -363,7 +363,7 @@ def test_a_failed_save_stops_in_one_line_and_keeps_what_was_committed(data_dir, 
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     result = run(command(data_dir, prefix, epochs=2), preexec_fn=small_files)
-    assert result.returncode == 1
+    assert result.returncode == cli.EXIT["I/O"]
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == [errors[-1]] and errors[0].startswith(
         "train_caltech.py: error: cannot write the checkpoint of epoch 2: the write was cut short (a full "

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 
 import train_caltech
-from common import checkpoint
+from common import checkpoint, cli
 from common.prep import main as prepare
 from common.train import callbacks, loop, schedule, surgery as finetune
 from common.fsutil import file_digest
@@ -354,7 +354,7 @@ def test_a_diverged_run_stops_in_one_line_and_saves_nothing_non_finite(data_dir,
     prefix = tmp_path / "run"
     result = run_script(trainkit.train_args(data_dir, prefix, "--mode", "scratch", "--lr", "1e4",
                                             "--mom", "0.9", epochs=2), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == cli.EXIT["diverged"]
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("train_caltech.py: error: epoch 1: "), result.stderr
     assert "holds NaN or Inf" in errors[0] and "the run diverged (try a lower --lr)" in errors[0]
@@ -759,25 +759,25 @@ def _misuse_cases():
         ("network", lambda d, p, b: ["--data-dir", d, "--network", "resnet-7", "--mode", "scratch"],
          2, ["--network", "resnet-7", "resnet-20"]),
         ("gpus", lambda d, p, b: ["--data-dir", d, "--gpus", "0", "--mode", "scratch"],
-         1, ["--gpus 0", "CPU build", "pip install mxnet-cu"]),
+         cli.EXIT["no GPU build"], ["--gpus 0", "CPU build", "pip install mxnet-cu"]),
         ("batch", lambda d, p, b: ["--data-dir", d, "--batch-size", "9", "--cpus", "2", "--mode", "scratch"],
          1, ["--batch-size 9", "2 devices"]),
         ("empty-data-dir", lambda d, p, b: ["--data-dir", b["everything"], "--mode", "scratch"],
          1, ["--data-dir", "holds no PREFIX-train.rec", "prepare_data.sh --out"]),
         ("no-classes", lambda d, p, b: ["--data-dir", b["caltech256-classes.txt"], "--mode", "scratch"],
-         1, ["caltech256-classes.txt not found"]),
+         cli.EXIT["missing file"], ["caltech256-classes.txt not found"]),
         ("no-train-idx", lambda d, p, b: ["--data-dir", b["caltech256-train.idx"], "--mode", "scratch"],
-         1, ["caltech256-train.idx"]),
+         cli.EXIT["missing file"], ["caltech256-train.idx"]),
         ("no-val-rec", lambda d, p, b: ["--data-dir", b["caltech256-val.rec"], "--mode", "scratch"],
-         1, ["caltech256-val.rec"]),
+         cli.EXIT["missing file"], ["caltech256-val.rec"]),
         ("num-classes", lambda d, p, b: ["--data-dir", d, "--num-classes", "5", "--mode", "scratch"],
          1, ["--num-classes 5", "4 classes"]),
         ("pretrained-missing", lambda d, p, b: ["--data-dir", d, "--mode", "full",
                                                 "--pretrained-model", p + "-nope", "--pretrained-epoch", "5"],
-         1, ["--pretrained-model", "-nope-symbol.json not found", "not a zoo name", "checkpoints in"]),
+         cli.EXIT["missing file"], ["--pretrained-model", "-nope-symbol.json not found", "not a zoo name", "checkpoints in"]),
         ("pretrained-epoch-missing", lambda d, p, b: ["--data-dir", d, "--mode", "last-layer",
                                                       "--pretrained-model", p, "--pretrained-epoch", "9"],
-         1, ["--pretrained-epoch 9", "-0009.params not found", "saved epochs of ", "colours6: 1, 2, 3, 4, 5"]),
+         cli.EXIT["missing file"], ["--pretrained-epoch 9", "-0009.params not found", "saved epochs of ", "colours6: 1, 2, 3, 4, 5"]),
         ("layer", lambda d, p, b: ["--data-dir", d, "--mode", "full", "--pretrained-model", p,
                                    "--pretrained-epoch", str(PRETRAIN_EPOCHS), "--layer-before-fullc", "nope"],
          1, ["--layer-before-fullc nope", "candidates", "flatten0"]),
@@ -791,7 +791,7 @@ def _misuse_cases():
          1, ["--data-val", "that is the set's lst file; pass its .rec"]),
         ("unwritable-prefix", lambda d, p, b: ["--data-dir", d, "--mode", "scratch",
                                                "--model-prefix", "/proc/no-such/run"],
-         1, ["--model-prefix /proc/no-such/run: cannot create its folder /proc/no-such"]),
+         cli.EXIT["I/O"], ["--model-prefix /proc/no-such/run: cannot create its folder /proc/no-such"]),
         ("batch-above-the-set", lambda d, p, b: ["--data-dir", d, "--batch-size", "200", "--mode", "scratch"],
          1, ["--batch-size 200 is more than the 120 training images", "up to 120"]),
         ("val-of-another-dataset", lambda d, p, b: [

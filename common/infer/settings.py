@@ -11,7 +11,7 @@ import dataclasses
 import os
 
 from ..fsutil import read_json
-from ..cli import HelpFormatter, OneLineArgumentParser, UserError, nonnegative_int, positive_int
+from ..cli import HelpFormatter, MissingFile, OneLineArgumentParser, UserError, nonnegative_int, positive_int
 from ..devices import add_device_args
 from ..records import packed_resize, read_classes
 from ..transforms import image_shape as image_shape_type
@@ -102,7 +102,7 @@ def resolve_classes(classes_file, prefix, num_classes):
     Raises UserError if the list does not have one name per output of the model.
     """
     if classes_file is not None and not os.path.isfile(classes_file):
-        raise UserError(f"--classes {classes_file}: no such file")
+        raise MissingFile(f"--classes {classes_file}: no such file")
     path = classes_file or f"{prefix}-classes.txt"
     if not os.path.isfile(path):
         return Setting(None, f"none (no {path}, no --classes): showing label indices")

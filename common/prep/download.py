@@ -23,7 +23,7 @@ import urllib.parse
 import requests
 import urllib3
 
-from ..cli import UserError, progress
+from ..cli import UserError, WriteFailed, progress
 from ..fsutil import file_digest, makedirs_tracked, read_json, remove_empty_folders, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ DEFAULT_TIMEOUT = (15.0, 60.0)
 _RETRYABLE_4XX = {408, 429}  # request timeout, too many requests: worth another try
 
 
-class DownloadError(UserError):
+class DownloadError(WriteFailed):
     """A download failed (after its retries, if retrying could help); the message is one line.
 
     Callers add what the user can do instead (e.g. use a local copy).

@@ -15,7 +15,7 @@ import re
 import sys
 
 from . import download as dl
-from ..cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
+from ..cli import (HelpFormatter, MissingFile, OneLineArgumentParser, UserError, int_in_range, nonnegative_int,
                   positive_int, run_entry, setup_logging, software_versions)
 from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_digest,
                       write_json_atomic, write_text_atomic)
@@ -206,7 +206,7 @@ def _scan(root, include_clutter):
         raise UserError(f"--src {root}: is a file, not a folder; expected the dataset folder "
                         f"with one subfolder per class (an archive must be extracted first)")
     if not os.path.isdir(root):
-        raise UserError(f"--src {root}: no such folder")
+        raise MissingFile(f"--src {root}: no such folder")
     scan = scan_tree(root, include_clutter)
     if not scan.classes:
         found = "no image files" if scan.excluded else "no class subfolders"

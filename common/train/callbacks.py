@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from .. import checkpoint
-from ..cli import UserError, mxnet_reason
+from ..cli import EXIT, UserError, WriteFailed, mxnet_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class StopTraining(Exception):
 
 class Diverged(UserError):
     """The training loss or a parameter is no longer finite."""
+    status = EXIT["diverged"]
 
 
 def speedometer(batch_size, frequent):
@@ -152,7 +153,7 @@ def _committing(what, commit):
         # mx.nd.save reports a short write without the reason (EFBIG, ENOSPC).
         reason = (f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else
                   f"the write was cut short (a full disk or a file-size limit?): {mxnet_reason(exc)}")
-        raise UserError(f"cannot write the checkpoint of {what}: {reason}; the checkpoints committed "
+        raise WriteFailed(f"cannot write the checkpoint of {what}: {reason}; the checkpoints committed "
                         f"before are intact") from None
 
 
