@@ -18,7 +18,7 @@ import logging
 import sys
 
 from common import cli, devices, evaluate
-from common.infer import model as infer_model, predict as infer_predict, settings
+from common.infer import model as infer_model, predict as infer_predict, settings, tta
 
 log = logging.getLogger("predict")
 TOP_K = 3
@@ -33,6 +33,7 @@ def get_parser(add_help=True):
     group.add_argument("--resize", metavar="N", type=cli.nonnegative_int,
                        help="shorter side in px before the center crop, 0 keeps the size (default: "
                             "the training data's --resize, else 8/7 of the crop, e.g. 256 for 224)")
+    tta.add_tta_args(group)
     group.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     group.add_argument("--verbose", action="store_true", help="log the settings used on stderr")
     return parser
@@ -44,6 +45,7 @@ def main(argv=None):
     if not args.verbose:
         # stderr carries only problems, one line each: MXNet's bind notice goes too
         logging.getLogger().setLevel(logging.WARNING)
+    args.tta_scales = tta.resolve_scales(args.tta, args.tta_scales)
     files, problems = infer_predict.find_images(args.paths)
     for path, reason in problems:
         print(f"predict.py: {path}: {reason}", file=sys.stderr)
@@ -60,15 +62,17 @@ def main(argv=None):
     if classes.value is None:
         log.warning("class names: %s", classes.source)
     log.info("input %s (%s), resize %d (%s)", shape.value, shape.source, resize.value, resize.source)
-    results = infer_predict.predict_files(model, files, resize.value, top_k)
+    results = infer_predict.predict_files(model, files, resize.value, top_k, tta_scales=args.tta_scales)
     failed = _print_results(results, classes, args.json, _header(args, model, classes, shape, resize))
     return 1 if failed or problems else 0
 
 
 def _header(args, model, classes, shape, resize):
+    views = (f"; TTA: {tta.views_per_image(args.tta_scales)} views (scales "
+             f"{','.join(map(str, args.tta_scales))})" if args.tta else "")
     return (f"# {args.model_prefix} epoch {args.epoch}: {model.num_classes} classes, names from "
             f"{classes.source}; input {','.join(map(str, shape.value))} ({shape.source}); "
-            f"resize {resize.value} ({resize.source})")
+            f"resize {resize.value} ({resize.source}){views}")
 
 
 def _print_results(results, classes, as_json, header):

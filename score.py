@@ -19,7 +19,7 @@ import os
 import sys
 
 from common import cli, devices, evaluate, fsutil, records, report
-from common.infer import model as infer_model, score as infer_score, settings
+from common.infer import model as infer_model, score as infer_score, settings, tta
 
 log = logging.getLogger("score")
 TOP_K = 5
@@ -32,6 +32,7 @@ def get_parser(add_help=True):
     group.add_argument("--data-val", metavar="REC", required=True,
                        help="the .rec to score (its .idx beside it), e.g. data/caltech256-val.rec")
     group.add_argument("--data-nthreads", metavar="N", type=cli.positive_int, default=4, help="decoding threads")
+    tta.add_tta_args(group)
     group.add_argument("--out-dir", metavar="DIR",
                        help="where the reports go (default: PREFIX-score-EPOCH, beside the checkpoint)")
     return parser
@@ -41,6 +42,7 @@ def main(argv=None):
     """Score, write the reports, print the summary; returns the score.json dict."""
     args = get_parser().parse_args(argv)
     cli.setup_logging()
+    args.tta_scales = tta.resolve_scales(args.tta, args.tta_scales)
     records.require_record_files(args.data_val, "--data-val")
     shape = settings.resolve_image_shape(args.image_shape, settings.recorded_args(args.model_prefix))
     contexts = devices.contexts(args.gpus, args.cpus)
@@ -73,11 +75,22 @@ def _score_and_write(args, model, record_set, classes, shape, contexts, top_k, o
                                   num_classes=model.num_classes, top_k=top_k)
     identity = infer_score.report_identity(args.model_prefix, args.epoch, args.data_val, shape.value)
     figures = dict(identity, **_report(args, model, classes, shape, contexts, top_k, score))
+    if args.tta_scales:
+        figures["tta"] = _tta_figures(model, record_set, args.tta_scales, top_k)
     rows = report.per_class_rows(score.counts, score.hits, classes.value)
     title = (f"{os.path.basename(args.model_prefix)} epoch {args.epoch} on "
              f"{os.path.basename(args.data_val)}: top-1 {figures['acc']:.2%} ({figures['images']} images)")
     infer_score.write_score_files(out_dir, figures, score.matrix, rows, classes.value, title)
     return figures
+
+
+def _tta_figures(model, record_set, scales, top_k):
+    """score.json's "tta": the figures of the softmax averaged over the test-time views."""
+    log.info("test-time augmentation: %d views an image (scales %s)", tta.views_per_image(scales),
+             ",".join(map(str, scales)))
+    probs = tta.record_probabilities(model, record_set, scales=scales)
+    figures = evaluate.summarize(probs, record_set.labels, model.num_classes, top_k)
+    return dict(figures, views=tta.views_per_image(scales), scales=list(scales))
 
 
 def _report(args, model, classes, shape, contexts, top_k, score):
@@ -104,8 +117,15 @@ def _print_summary(report, top_k, out_dir):
     print(f"mean per-class accuracy: {report['mean_class_acc']:.4f}")
     print(f"loss (cross-entropy): {report['loss']:.4f}")
     print(f"reports: {out_dir}/ (score.json, per_class.csv, confusion.csv, confusion.png)")
-    print(f"score: acc={report['acc']:.4f} top{top_k}={report[f'top{top_k}']:.4f} "
-          f"mean_class_acc={report['mean_class_acc']:.4f}", flush=True)
+    line = (f"score: acc={report['acc']:.4f} top{top_k}={report[f'top{top_k}']:.4f} "
+            f"mean_class_acc={report['mean_class_acc']:.4f}")
+    if "tta" in report:
+        t = report["tta"]
+        print(f"with TTA ({t['views']} views): top-1 {t['acc']:.4f}, top-{top_k} {t[f'top{top_k}']:.4f}, "
+              f"mean per-class {t['mean_class_acc']:.4f}")
+        line += f" tta_acc={t['acc']:.4f} tta_top{top_k}={t[f'top{top_k}']:.4f} " \
+                f"tta_mean_class_acc={t['mean_class_acc']:.4f}"
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

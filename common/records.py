@@ -280,15 +280,26 @@ def write_subset(record_set, positions, stem):
 
 def check_images(rec, idx):
     """Decode every image of `rec`; UserError naming the first record that does not decode."""
-    offsets = _read_idx(idx)
+    for _ in progress(iter_images(rec, idx), total=len(_read_idx(idx)), desc=f"decode {os.path.basename(rec)}",
+                      unit="img"):
+        pass
+
+
+def iter_images(rec, idx):
+    """Yield (key, decoded BGR image) of every record of a header-checked set, in .idx order,
+    decoded as MXNet's iterator decodes them (OpenCV, 3 channels).
+
+    Raises UserError naming the first record that does not decode.
+    """
     size = os.path.getsize(rec)
     with open(rec, "rb") as f:
-        for key, offset in progress(offsets, desc=f"decode {os.path.basename(rec)}", unit="img"):
+        for key, offset in _read_idx(idx):
             image = cv2.imdecode(np.frombuffer(_record_payload(f, offset, size)[_IRHEADER.size:], np.uint8),
                                  cv2.IMREAD_COLOR)
             if image is None or image.size == 0:
                 raise UserError(f"{rec}: the image of record {key} (byte {offset}) does not decode; "
                                 f"repack the set with prepare_data.sh")
+            yield key, image
 
 
 def _record_payload(f, offset, size):

@@ -54,6 +54,12 @@ def decode_image(path):
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         return None, f"cannot read: {exc.strerror}"
+    return decode_bytes(data)
+
+
+def decode_bytes(data):
+    """decode_image for encoded bytes (a uint8 array or bytes): (BGR array, None) or (None, reason)."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if data.size == 0:
         return None, "empty file (0 bytes)"
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -122,8 +128,46 @@ def preprocess(path, resize, image_shape):
     if reason:
         raise UnreadableImage(path, reason)
     image = center_crop(fit_to_crop(resize_shorter(image, resize), height, width), height, width)
-    # BGR -> RGB, HWC -> CHW; copy: the crop is a view into the whole image
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+    return network_input(image)
+
+
+def network_input(crop):
+    """An HxWx3 BGR uint8 crop as the network takes it: (3, H, W) float32 RGB 0-255."""
+    # copy: the crop is a view into the whole image
+    return np.ascontiguousarray(crop[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+
+
+def corner_crop(image, height, width, corner):
+    """The height x width window at a corner: 'tl', 'tr', 'bl', 'br' (or 'center')."""
+    if corner == "center":
+        return center_crop(image, height, width)
+    rows, cols = image.shape[:2]
+    top = 0 if corner[0] == "t" else rows - height
+    left = 0 if corner[1] == "l" else cols - width
+    return image[top:top + height, left:left + width]
+
+
+TTA_CROPS = ("center", "tl", "tr", "bl", "br")
+
+
+def tta_views(image, image_shape, *, scales=(1.0,), crops=TTA_CROPS, mirror=True):
+    """The test-time views of a decoded BGR image (already resized as packed), as network inputs.
+
+    For each scale (of the shorter side), the image is enlarged to the crop if
+    needed (as the iterator does), then each crop, then its mirror. The first
+    view is the center crop at the scale 1.0 given first: validation's input.
+    """
+    _, height, width = image_shape
+    views = []
+    for scale in scales:
+        scaled = image if scale == 1.0 else resize_shorter(image, max(1, round(min(image.shape[:2]) * scale)))
+        scaled = fit_to_crop(scaled, height, width)
+        for corner in crops:
+            crop = corner_crop(scaled, height, width, corner)
+            views.append(network_input(crop))
+            if mirror:
+                views.append(network_input(crop[:, ::-1]))
+    return views
 
 
 def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0):

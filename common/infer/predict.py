@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from . import tta
 from .model import forward
 from ..transforms import IMAGE_EXTENSIONS, UnreadableImage, preprocess
 
@@ -47,19 +48,24 @@ def top_k(probs, k):
     return [(int(label), float(probs[label])) for label in order]
 
 
-def predict_files(model, files, resize, k):
+def predict_files(model, files, resize, k, tta_scales=None):
     """Yield (path, [(label, probability)] or None, reason or None) for each file, in order.
 
     Images are decoded one batch at a time, so a folder of any size fits in memory.
+    tta_scales: average over the test-time views at these scales (common.infer.tta).
     """
     for start in range(0, len(files), model.batch_size):
         chunk, arrays, failed = files[start:start + model.batch_size], [], {}
         for path in chunk:
             try:
-                arrays.append(preprocess(path, resize, model.image_shape))
+                arrays.append(tta.file_image(path, resize) if tta_scales else
+                              preprocess(path, resize, model.image_shape))
             except UnreadableImage as exc:
                 failed[path] = exc.reason
-        probs = iter(forward(model, np.stack(arrays)) if arrays else [])
+        if tta_scales:
+            probs = iter(tta.average_views(model, arrays, scales=tta_scales))
+        else:
+            probs = iter(forward(model, np.stack(arrays)) if arrays else [])
         for path in chunk:
             if path in failed:
                 yield path, None, failed[path]
