@@ -20,19 +20,17 @@ import threading
 import time
 
 import mxnet as mx
-import numpy as np
 import pytest
 
 from common import checkpoint
 from tests import trainkit
+from tests.trainkit import REPEATABLE, committed, manifests, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "train_caltech.py")
 EPOCHS = 3
-REPEATABLE = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 ARGS = ["--mode", "scratch", "--lr", "0.01", "--mom", "0.9", "--wd", "1e-4", "--lr-step-epochs", "2",
         "--disp-batches", "1"]
-TIMING = {"images_per_sec", "seconds"}
 LIMIT = 120  # seconds any one run may take
 
 
@@ -63,28 +61,9 @@ def unbroken(data_dir, tmp_path_factory):
     return {"prefix": str(prefix), "final": result.stdout.strip().splitlines()[-1]}
 
 
-def params(prefix, epoch):
-    arrays = mx.nd.load(checkpoint.params_path(str(prefix), epoch))
-    return {k: v.asnumpy() for k, v in arrays.items()}
-
-
 def assert_same_run(prefix, reference):
     """Final parameters within 1e-5 and the same metrics (timing aside) as the reference."""
-    ours, theirs = params(prefix, EPOCHS), params(reference, EPOCHS)
-    assert sorted(ours) == sorted(theirs)
-    for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-5, rtol=0, err_msg=name)
-    strip = lambda p: [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(p)]  # noqa: E731
-    assert strip(prefix) == strip(reference)
-
-
-def metrics(prefix):
-    with open(f"{prefix}-metrics.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def committed(prefix):
-    return sorted(checkpoint.committed_epochs(str(prefix)))
+    trainkit.assert_same_run(prefix, reference, EPOCHS)
 
 
 def resumed_from(prefix):
@@ -111,11 +90,6 @@ def kill_when(cmd, ready, timeout=LIMIT):
             proc.kill()
         proc.wait(timeout=30)
     return proc.returncode
-
-
-def manifests(prefix):
-    """{epoch: the bytes of its manifest} of every committed epoch."""
-    return {e: open(checkpoint.manifest_path(str(prefix), e), "rb").read() for e in committed(prefix)}
 
 
 def test_killed_at_any_moment_and_rerun_it_ends_like_an_unbroken_run(data_dir, unbroken, tmp_path):
