@@ -175,15 +175,20 @@ def test_a_signal_mid_epoch_commits_the_batch_and_the_same_command_resumes_exact
     assert not os.path.exists(checkpoint.manifest_path(str(prefix), checkpoint.RESUME))  # superseded
 
 
-@pytest.fixture
-def stub_scontrol(tmp_path):
-    """An `scontrol` on PATH that records its arguments, one call per line."""
+def scontrol_stub(tmp_path, then=""):
+    """An `scontrol` on PATH that records its arguments, one call per line, then runs `then`;
+    (the environment that puts it on PATH, the file of calls)."""
     folder, calls = tmp_path / "bin", tmp_path / "scontrol-calls"
     folder.mkdir()
     stub = folder / "scontrol"
-    stub.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    stub.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n{then}\n")
     stub.chmod(0o755)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}, calls
+
+
+@pytest.fixture
+def stub_scontrol(tmp_path):
+    return scontrol_stub(tmp_path)
 
 
 @pytest.mark.parametrize("slurm,job", [({"SLURM_JOB_ID": "77"}, "77"),
@@ -196,6 +201,21 @@ def test_sigusr1_with_requeue_requeues_the_slurm_job_once(data_dir, tmp_path, st
                                 "Epoch[1] Batch [0-3]", env=dict(path, **slurm))
     assert code == 143, stderr
     assert calls.read_text().splitlines() == [f"requeue {job}"]
+    assert checkpoint.read_manifest(str(prefix), checkpoint.RESUME)["epoch"] == 1
+
+
+def test_the_sigterm_that_ends_a_requeued_job_is_not_a_second_signal(data_dir, tmp_path):
+    """Slurm ends a job it requeues with SIGTERM, which can come before `scontrol requeue`
+    has even returned (seen on a real Slurm: tests_slurm/): the run has committed its
+    checkpoint and is stopping already, so it finishes as it would have."""
+    path, calls = scontrol_stub(tmp_path, then="kill -TERM $PPID; sleep 0.5")  # $PPID: the run
+    prefix = tmp_path / "run"
+    code, _, stderr = stop_with(command(data_dir, prefix, "--requeue", epochs=2), signal.SIGUSR1,
+                                "Epoch[1] Batch [0-3]", env=dict(path, SLURM_JOB_ID="9"))
+    assert code == 143, stderr
+    assert "second signal" not in stderr and "requeued Slurm job 9" in stderr, stderr
+    assert "train_caltech.py: SIGUSR1: stopped at epoch 1, batch " in stderr
+    assert calls.read_text().splitlines() == ["requeue 9"]
     assert checkpoint.read_manifest(str(prefix), checkpoint.RESUME)["epoch"] == 1
 
 
