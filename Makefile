@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean-venv
+.PHONY: test test-slurm demo bench clean-venv
 
 # One install of everything (the tests run the demo too), so that requirements.txt's
 # numpy<1.24 pin holds for scikit-learn as well.
@@ -16,6 +16,15 @@ $(STAMP): requirements.txt requirements-test.txt requirements-demo.txt
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Opt-in, not part of `make test`: slurm/train.sbatch on a real single-node Slurm that
+# the tests start and stop themselves (tests_slurm/). Needs root: installs Debian's
+# slurm-wlm and munge with apt when missing. `timeout` bounds the run; on its SIGTERM
+# the tests still stop their daemons, and 30 s later it kills.
+test-slurm: $(STAMP)
+	dpkg -s slurm-wlm munge >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; }
+	timeout -k 30 600 $(PY) -m pytest tests_slurm
 
 demo: $(STAMP)
 	$(PY) -m tools.demo --out demo

@@ -20,19 +20,17 @@ import threading
 import time
 
 import mxnet as mx
-import numpy as np
 import pytest
 
 from common import checkpoint, cli
 from tests import trainkit
+from tests.trainkit import REPEATABLE, committed, manifests, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "train_caltech.py")
 EPOCHS = 3
-REPEATABLE = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 ARGS = ["--mode", "scratch", "--lr", "0.01", "--mom", "0.9", "--wd", "1e-4", "--lr-step-epochs", "2",
         "--disp-batches", "1"]
-TIMING = {"images_per_sec", "seconds"}
 LIMIT = 120  # seconds any one run may take
 
 
@@ -63,28 +61,9 @@ def unbroken(data_dir, tmp_path_factory):
     return {"prefix": str(prefix), "final": result.stdout.strip().splitlines()[-1]}
 
 
-def params(prefix, epoch):
-    arrays = mx.nd.load(checkpoint.params_path(str(prefix), epoch))
-    return {k: v.asnumpy() for k, v in arrays.items()}
-
-
 def assert_same_run(prefix, reference):
     """Final parameters within 1e-5 and the same metrics (timing aside) as the reference."""
-    ours, theirs = params(prefix, EPOCHS), params(reference, EPOCHS)
-    assert sorted(ours) == sorted(theirs)
-    for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-5, rtol=0, err_msg=name)
-    strip = lambda p: [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(p)]  # noqa: E731
-    assert strip(prefix) == strip(reference)
-
-
-def metrics(prefix):
-    with open(f"{prefix}-metrics.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def committed(prefix):
-    return sorted(checkpoint.committed_epochs(str(prefix)))
+    trainkit.assert_same_run(prefix, reference, EPOCHS)
 
 
 def resumed_from(prefix):
@@ -111,11 +90,6 @@ def kill_when(cmd, ready, timeout=LIMIT):
             proc.kill()
         proc.wait(timeout=30)
     return proc.returncode
-
-
-def manifests(prefix):
-    """{epoch: the bytes of its manifest} of every committed epoch."""
-    return {e: open(checkpoint.manifest_path(str(prefix), e), "rb").read() for e in committed(prefix)}
 
 
 def test_killed_at_any_moment_and_rerun_it_ends_like_an_unbroken_run(data_dir, unbroken, tmp_path):
@@ -201,15 +175,20 @@ def test_a_signal_mid_epoch_commits_the_batch_and_the_same_command_resumes_exact
     assert not os.path.exists(checkpoint.manifest_path(str(prefix), checkpoint.RESUME))  # superseded
 
 
-@pytest.fixture
-def stub_scontrol(tmp_path):
-    """An `scontrol` on PATH that records its arguments, one call per line."""
+def scontrol_stub(tmp_path, then=""):
+    """An `scontrol` on PATH that records its arguments, one call per line, then runs `then`;
+    (the environment that puts it on PATH, the file of calls)."""
     folder, calls = tmp_path / "bin", tmp_path / "scontrol-calls"
     folder.mkdir()
     stub = folder / "scontrol"
-    stub.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    stub.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n{then}\n")
     stub.chmod(0o755)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}, calls
+
+
+@pytest.fixture
+def stub_scontrol(tmp_path):
+    return scontrol_stub(tmp_path)
 
 
 @pytest.mark.parametrize("slurm,job", [({"SLURM_JOB_ID": "77"}, "77"),
@@ -222,6 +201,21 @@ def test_sigusr1_with_requeue_requeues_the_slurm_job_once(data_dir, tmp_path, st
                                 "Epoch[1] Batch [0-3]", env=dict(path, **slurm))
     assert code == 143, stderr
     assert calls.read_text().splitlines() == [f"requeue {job}"]
+    assert checkpoint.read_manifest(str(prefix), checkpoint.RESUME)["epoch"] == 1
+
+
+def test_the_sigterm_that_ends_a_requeued_job_is_not_a_second_signal(data_dir, tmp_path):
+    """Slurm ends a job it requeues with SIGTERM, which can come before `scontrol requeue`
+    has even returned (seen on a real Slurm: tests_slurm/): the run has committed its
+    checkpoint and is stopping already, so it finishes as it would have."""
+    path, calls = scontrol_stub(tmp_path, then="kill -TERM $PPID; sleep 0.5")  # $PPID: the run
+    prefix = tmp_path / "run"
+    code, _, stderr = stop_with(command(data_dir, prefix, "--requeue", epochs=2), signal.SIGUSR1,
+                                "Epoch[1] Batch [0-3]", env=dict(path, SLURM_JOB_ID="9"))
+    assert code == 143, stderr
+    assert "second signal" not in stderr and "requeued Slurm job 9" in stderr, stderr
+    assert "train_caltech.py: SIGUSR1: stopped at epoch 1, batch " in stderr
+    assert calls.read_text().splitlines() == ["requeue 9"]
     assert checkpoint.read_manifest(str(prefix), checkpoint.RESUME)["epoch"] == 1
 
 

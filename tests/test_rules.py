@@ -174,5 +174,6 @@ def test_readme_where_things_are_matches_the_tree():
     assert missing == [], "modules the README's map does not name"
     named = set(re.findall(r"\b([a-z_]+\.py)\b", section))
     existing = {os.path.basename(p) for p in modules + glob.glob(os.path.join(REPO, "*.py"))
-                + glob.glob(os.path.join(REPO, "tests", "*.py")) + glob.glob(os.path.join(REPO, "bench", "*.py"))}
+                + glob.glob(os.path.join(REPO, "tests", "*.py")) + glob.glob(os.path.join(REPO, "bench", "*.py"))
+                + glob.glob(os.path.join(REPO, "tests_slurm", "*.py"))}
     assert sorted(named - existing) == [], "files the README's map names that do not exist"

@@ -5,11 +5,13 @@ of a few colour-coded classes (tests/imagegen.py), ResNet-20's small-input
 layout, and checkpoints in the model zoo's format (no .sha256 files, as the zoo
 publishes none).
 """
+import json
 import os
 
 import mxnet as mx
 import numpy as np
 
+from common import checkpoint
 from common.prep import main as prepare
 from symbols import resnet
 from tools.imagegen import make_class_tree
@@ -18,6 +20,9 @@ from tools.imagegen import make_class_tree
 ZOO_SYMBOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "resnet-50-symbol.json")
 IMAGE_SHAPE = (3, 16, 16)
 RESIZE = 18  # packed shorter side: leaves room for a random 16 px crop
+# What bit-repeatable runs need in their environment (shared/MXNET_NOTES.md).
+REPEATABLE = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+TIMING = {"images_per_sec", "seconds"}  # the metrics.jsonl columns two equal runs may differ in
 
 
 def prepare_dataset(root, counts=(12, 12, 12, 12), train_per_class=8, seed=0):
@@ -79,3 +84,38 @@ def train_args(data_dir, model_prefix, *extra, epochs=2):
             "--image-shape", ",".join(map(str, IMAGE_SHAPE)), "--num-epochs", str(epochs),
             "--batch-size", "8", "--cpus", "1", "--top-k", "2", "--data-nthreads", "1",
             "--disp-batches", "100", "--keep", "100", *extra]
+
+
+# ---------------------------------------------------------------- comparing runs
+
+def params(prefix, epoch):
+    """{name: numpy array} of a run's PREFIX-EPOCH.params."""
+    arrays = mx.nd.load(checkpoint.params_path(str(prefix), epoch))
+    return {k: v.asnumpy() for k, v in arrays.items()}
+
+
+def metrics(prefix):
+    """The records of PREFIX-metrics.jsonl, one per epoch."""
+    with open(f"{prefix}-metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_same_run(prefix, reference, epoch):
+    """Epoch `epoch`'s parameters within 1e-5 and the same metrics (timing aside) as the reference."""
+    ours, theirs = params(prefix, epoch), params(reference, epoch)
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-5, rtol=0, err_msg=name)
+    strip = lambda p: [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(p)]  # noqa: E731
+    assert strip(prefix) == strip(reference)
+
+
+def committed(prefix):
+    """The epochs whose checkpoint is committed (its manifest verifies), in order."""
+    return sorted(checkpoint.committed_epochs(str(prefix)))
+
+
+def manifests(prefix):
+    """{epoch: the bytes of its manifest} of every committed epoch: a committed epoch trained
+    again would get a new manifest (a new time)."""
+    return {e: open(checkpoint.manifest_path(str(prefix), e), "rb").read() for e in committed(prefix)}

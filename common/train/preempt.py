@@ -9,7 +9,9 @@ the batch, commits a mid-epoch checkpoint and stops with the signal's exit
 status (130 for SIGINT, 143 otherwise). A signal during validation or a commit is
 acted on at the end of that epoch, after its commit. A second signal stops at
 once, without a checkpoint. With --requeue under Slurm, SIGUSR1 also requeues
-the job (`scontrol requeue`), exactly once.
+the job (`scontrol requeue`), exactly once; Slurm then ends the job with a SIGTERM,
+which may come before scontrol has returned: the run is stopping with its
+checkpoint committed already, so that SIGTERM is ignored, not a second signal.
 """
 import logging
 import os
@@ -59,9 +61,15 @@ class Preemption:
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # Slurm's SIGTERM for the requeued job may still be on its way: ignored,
+            # it cannot cut short the exit of a run that committed its checkpoint.
+            requeued = self._requeued and signum == signal.SIGTERM
+            signal.signal(signum, signal.SIG_IGN if requeued else handler)
 
     def _caught(self, signum, frame):
+        if self._requeued and signum == signal.SIGTERM:
+            log.info("SIGTERM from Slurm for the requeued job: stopping as planned")
+            return
         if self.signum is not None:
             # Not an exception: it could surface inside an MXNet callback and be lost.
             log.error("second signal (%s): stopping now, without a checkpoint", signal.Signals(signum).name)
