@@ -35,6 +35,8 @@ def ensure(prog):
     signal.signal(signal.SIGINT, lambda *_: _interrupted(prog))
     missing = missing_modules()
     if not missing:
+        # The mark guards this process only: a python3 it starts (launch.py's roles) may re-exec too.
+        os.environ.pop(_REEXEC_MARK, None)
         return
     if os.access(VENV_PYTHON, os.X_OK) and not os.environ.get(_REEXEC_MARK):
         os.environ[_REEXEC_MARK] = "1"

@@ -130,3 +130,13 @@ def test_the_readme_exit_status_table_lists_every_status_of_cli_exit():
     rows = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|", readme, re.M))
     for meaning, status in cli.EXIT.items():
         assert meaning.lower() in rows.get(str(status), "").lower(), (status, meaning)
+
+
+def test_processes_an_entry_rerun_in_the_venv_starts_with_another_python_rerun_too(bare_python, tmp_path):
+    """launch.py started by a bare python re-runs in .venv; the roles it starts with that bare
+    python must be able to do the same (the re-run's mark is not inherited)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([bare_python, "launch.py", "-n", "1", "-s", "1", "--launcher", "local", bare_python,
+                             "predict.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("usage: predict.py") == 3  # scheduler, server, worker

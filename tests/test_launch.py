@@ -356,6 +356,43 @@ def test_the_slurm_launcher_runs_one_srun_step_per_kind(data_dir, tmp_path):
     assert "committed " in text and final_acc(text) > 0
 
 
+MPIRUN = r"""
+[ "$1" = --version ] && { echo "mpirun (Open MPI) 4.1.4"; exit 0; }
+printf "%s\n" "$*" >> "$CALLS"; n=1; envs=()
+while [[ "$1" == -* ]]; do
+  case "$1" in -n) n=$2; shift 2;; -x) envs+=("$2"); shift 2;; --hostfile) shift 2;; *) shift;; esac
+done
+for i in $(seq 1 "$n"); do env "${envs[@]}" OMPI_COMM_WORLD_RANK=$((i-1)) "$@" & done; wait
+"""
+# qsub -sync y -b y -cwd -V -t 1-N -N NAME -v K=V,... COMMAND: N array tasks here.
+QSUB = r"""
+printf "%s\n" "$*" >> "$CALLS"; n=1; vars=""
+while [[ "$1" == -* ]]; do
+  case "$1" in -t) n=${2#1-}; shift 2;; -v) vars=$2; shift 2;; -sync|-b|-N) shift 2;; *) shift;; esac
+done
+IFS=, read -ra envs <<< "$vars"
+for i in $(seq 1 "$n"); do env "${envs[@]}" SGE_TASK_ID=$i "$@" & done; wait
+"""
+
+
+@pytest.mark.parametrize("launcher,stub", [("mpi", ("mpirun", MPIRUN)), ("sge", ("qsub", QSUB))])
+def test_the_mpi_and_sge_launchers_run_one_submission_per_kind(data_dir, tmp_path, launcher, stub):
+    """Stubs of mpirun and qsub start their copies here, with the environment passed as they pass it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_stub(bin_dir, *stub)
+    prefix = tmp_path / "run"
+    cmd = [sys.executable, LAUNCH, "-n", "2", "-s", "1", "--launcher", launcher, "--host", "127.0.0.1",
+           "--interface", "lo", "--env-worker", "OMP_NUM_THREADS:1", *train_command(data_dir, prefix)]
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+    code, text = run_job(cmd, tmp_path / f"{launcher}.log", env)
+    assert code == 0, text
+    calls = open(tmp_path / "calls").read().splitlines()
+    assert len(calls) == 2 and all("DMLC_INTERFACE=lo" in c for c in calls), calls
+    assert sum("OMP_NUM_THREADS=1" in c for c in calls) == 1  # the workers' submission only
+    assert final_acc(text) > 0 and EPOCHS in checkpoint.committed_epochs(str(prefix))
+
+
 @pytest.mark.parametrize("argv,message", [
     ([], "give the command to run after the options"),
     (["--launcher", "ssh", "true"], "--launcher ssh needs -H HOSTFILE"),

@@ -369,3 +369,53 @@ def test_a_failed_save_stops_in_one_line_and_keeps_what_was_committed(data_dir, 
     again = run(command(data_dir, prefix, epochs=2))  # with room again, it continues
     assert again.returncode == 0, again.stderr
     assert committed(prefix) == [1, 2]
+
+
+class _Exited(Exception):
+    pass
+
+
+@pytest.fixture
+def preemption(monkeypatch):
+    """A Preemption whose immediate stop raises _Exited(status) instead of ending pytest."""
+    from common.train import preempt
+
+    def exit_now(status):
+        raise _Exited(status)
+    monkeypatch.setattr(preempt.os, "_exit", exit_now)
+    monkeypatch.setattr(preempt.logging, "shutdown", lambda: None)
+    clock = [100.0]
+    monkeypatch.setattr(preempt.time, "monotonic", lambda: clock[0])
+    return preempt.Preemption(lambda param: None), clock
+
+
+def test_a_sigterm_repeated_at_once_is_one_request_and_a_later_one_stops_at_once(preemption):
+    stops, clock = preemption
+    stops._caught(signal.SIGTERM, None)
+    clock[0] += 1.0
+    stops._caught(signal.SIGTERM, None)  # slurmstepd's and srun's copy of one SIGTERM
+    assert stops.signum == signal.SIGTERM
+    clock[0] += 10.0
+    with pytest.raises(_Exited) as exited:
+        stops._caught(signal.SIGTERM, None)
+    assert exited.value.args == (143,)
+
+
+def test_a_second_ctrl_c_stops_at_once(preemption):
+    stops, clock = preemption
+    stops._caught(signal.SIGINT, None)
+    clock[0] += 0.2
+    with pytest.raises(_Exited) as exited:
+        stops._caught(signal.SIGINT, None)
+    assert exited.value.args == (130,)
+
+
+def test_the_first_signal_after_the_other_workers_agreed_to_stop_is_not_a_second_one(preemption):
+    from common.train import preempt
+    stops, clock = preemption
+    stops.agree = lambda flag: True  # another worker was signalled
+    assert stops._stopping() and stops.signum == signal.SIGTERM
+    stops._caught(signal.SIGTERM, None)  # this worker's own copy arrives late
+    with pytest.raises(_Exited):
+        stops._caught(signal.SIGINT, None)
+    assert preempt.DUPLICATE_SECONDS == 5

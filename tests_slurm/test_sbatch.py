@@ -100,14 +100,14 @@ def submit(slurm, jobs, args, *options):
     return job
 
 
-def runs(path):
+def runs(path, header=HEADER):
     """The job's output file, one text per run (each begins with the script's header line)."""
     try:
         with open(path, errors="replace") as f:
             text = "\n" + f.read()
     except FileNotFoundError:
         return []
-    return [HEADER + part for part in text.split("\n" + HEADER)[1:]]
+    return [header + part for part in text.split("\n" + header)[1:]]
 
 
 def wait_for(ready, what, slurm, job, output, limit=RUN_LIMIT):

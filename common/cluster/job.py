@@ -161,19 +161,22 @@ class Job:
         return 0
 
     def _end_all(self, patient):
-        """SIGTERM whatever still runs, then SIGKILL after `grace` seconds; reap everything.
+        """Workers still running get SIGTERM, then SIGKILL after `grace` seconds; servers
+        and the scheduler (which ignore SIGTERM, see watchdog.guard_process) get SIGKILL;
+        everything is reaped.
 
         patient: the workers finished, so servers and the scheduler exit by themselves
-        (given `grace` seconds first); else they are stopped at once.
+        (given `grace` seconds first).
         """
-        running = [p for p in self.procs if p.poll() is None]
-        _wait_for(running, self.grace if patient else 0)
-        running = [p for p in running if p.poll() is None]
-        for proc in running:
+        _wait_for([p for p in self.procs if p.poll() is None], self.grace if patient else 0)
+        workers = [p for p in self.procs if p.poll() is None and p.role.kind == "worker"]
+        for proc in workers:
             log.warning("stopping %s (pid %d)", proc.role.name, proc.pid)
             _signal_group(proc, signal.SIGTERM)
-        _wait_for(running, self.grace)
+        _wait_for(workers, self.grace)
         for proc in self.procs:
+            if proc.poll() is None and proc.role.kind != "worker":
+                log.info("ending %s (pid %d)", proc.role.name, proc.pid)
             # the group too: whatever a process started must not outlive the job
             _signal_group(proc, signal.SIGKILL)
             proc.wait()

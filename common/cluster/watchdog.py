@@ -11,6 +11,7 @@ whose run fails or is preempted leaves at once (leaving_on_failure).
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,10 +47,18 @@ def _exit(reason):
 
 
 def guard_process():
-    """Call first in an entry script: under launch.py over ssh, end when the channel closes.
+    """Call first in an entry script, before MXNet is imported (a server or scheduler runs
+    inside that import): under launch.py over ssh, end when the channel closes; and a
+    server or scheduler ignores stop signals.
 
-    Before MXNet is imported: a server or scheduler runs inside that import.
+    Slurm sends its SIGTERM to every process of a job at once. A server that died of it
+    would leave the workers unable to finish the batch they agreed to stop after, and to
+    commit it; the servers hold nothing worth saving (they only sum), and the launcher
+    or Slurm ends them with SIGKILL once the workers are done.
     """
+    if os.environ.get("DMLC_ROLE") in ("server", "scheduler"):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)
     if os.environ.get(EOF_VAR) != "1":
         return
 

@@ -93,7 +93,7 @@ def add_checkpoint_args(group):
     group.add_argument("--keep", metavar="N", type=int_at_least(2), default=KEEP,
                        help="committed checkpoints kept (the newest N, and the best by validation accuracy)")
     group.add_argument("--requeue", action="store_true",
-                       help="Slurm: on SIGUSR1 (sbatch --signal=USR1@90), also requeue the job")
+                       help="Slurm: on SIGUSR1 (sbatch --signal=B:USR1@90), also requeue the job")
 
 
 @dataclasses.dataclass
@@ -135,7 +135,8 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
 
     commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
                                                   gather_aux=sync and sync.with_worker_aux)
-    with preempt.Preemption(commit_mid_epoch, cfg.requeue, agree=sync and sync.any) as stops, \
+    # Rank 0 alone requeues a dist job: once for the job, not once per worker.
+    with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops, \
             shards or contextlib.nullcontext():
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
                                                  preemption=stops)

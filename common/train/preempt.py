@@ -1,14 +1,14 @@
 """Preemption: SIGTERM, SIGINT and SIGUSR1 end a run cleanly, at a batch boundary.
 
-Schedulers send SIGTERM before they kill a job (and `sbatch --signal=USR1@90`
+Schedulers send SIGTERM before they kill a job (and `sbatch --signal=B:USR1@90`
 sends SIGUSR1 before a time limit); a user sends SIGINT with Ctrl-C. Raising
 from a signal handler could land anywhere, inside MXNet's kvstore updater
 callback even, where ctypes swallows the exception and a parameter's update is
 skipped. So the handler only records the signal; the batch-end callback finishes
 the batch, commits a mid-epoch checkpoint and stops with the signal's exit
 status (130 for SIGINT, 143 otherwise). A signal during validation or a commit is
-acted on at the end of that epoch, after its commit. A second signal stops at
-once, without a checkpoint. With --requeue under Slurm, SIGUSR1 also requeues
+acted on at the end of that epoch, after its commit. A second signal (but not a
+SIGTERM repeated within DUPLICATE_SECONDS) stops at once, without a checkpoint. With --requeue under Slurm, SIGUSR1 also requeues
 the job (`scontrol requeue`), exactly once; Slurm then ends the job with a SIGTERM,
 which may come before scontrol has returned: the run is stopping with its
 checkpoint committed already, so that SIGTERM is ignored, not a second signal.
@@ -17,12 +17,16 @@ import logging
 import os
 import signal
 import subprocess
+import time
 
 from ..cli import Stop, UserError
 
 log = logging.getLogger(__name__)
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 143}
+# A job's srun steps get Slurm's SIGTERM from their slurmstepd and again from their srun:
+# one request, twice, a moment apart. A second SIGINT (Ctrl-C) always stops at once.
+DUPLICATE_SECONDS = 5
 
 
 class Preempted(Stop):
@@ -52,7 +56,7 @@ class Preemption:
 
     def __init__(self, commit_mid_epoch, requeue=False, agree=None):
         self.commit_mid_epoch, self.requeue, self.agree = commit_mid_epoch, requeue, agree
-        self.signum, self._previous, self._requeued = None, {}, False
+        self.signum, self._previous, self._requeued, self._first = None, {}, False, None
 
     def __enter__(self):
         for signum in EXIT_STATUS:
@@ -67,17 +71,31 @@ class Preemption:
             signal.signal(signum, signal.SIG_IGN if requeued else handler)
 
     def _caught(self, signum, frame):
+        name = signal.Signals(signum).name
         if self._requeued and signum == signal.SIGTERM:
             log.info("SIGTERM from Slurm for the requeued job: stopping as planned")
             return
+        if self.signum is not None and self._same_request(signum):
+            log.info("%s: the stop request under way (Slurm signals a job's steps and their srun alike)", name)
+            self._first = self._first or (signum, time.monotonic())
+            return
         if self.signum is not None:
             # Not an exception: it could surface inside an MXNet callback and be lost.
-            log.error("second signal (%s): stopping now, without a checkpoint", signal.Signals(signum).name)
+            log.error("second signal (%s): stopping now, without a checkpoint", name)
             logging.shutdown()
             os._exit(EXIT_STATUS[signum])
-        self.signum = signum
+        self.signum, self._first = signum, (signum, time.monotonic())
         log.warning("%s received: stopping after this batch with a checkpoint (send it again to stop at once)",
-                    signal.Signals(signum).name)
+                    name)
+
+    def _same_request(self, signum):
+        """A signal that repeats the stop under way rather than asking to stop at once: the
+        first one this worker gets after the others' agreement stopped it, or a SIGTERM
+        within DUPLICATE_SECONDS of the first."""
+        if self._first is None:
+            return True
+        first, at = self._first
+        return signum == first == signal.SIGTERM and time.monotonic() - at < DUPLICATE_SECONDS
 
     def batch_end(self, param):
         if not self._stopping():
