@@ -26,7 +26,7 @@ from common.prep.pack import pack_set
 from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREP_MODULES = ["common.prep.main", "common.prep.pack", "common.prep.imagefolder",
+PREP_MODULES = ["common.prep.main", "common.prep.pack", "common.prep.imagefolder", "common.prep.labels",
                 "common.prep.download", "common.prep.parallel"]
 ROOMS = ("prep", "train", "infer", "cluster")
 

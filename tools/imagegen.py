@@ -3,8 +3,12 @@
 `make_class_tree` writes class folders of real JPEGs with varied sizes; each
 class has its own dominant colour, so a network can learn the classes.
 `add_problem_files` adds the files a careful pipeline must handle.
+`flatten_class_tree` and `write_labels_csv` turn a class tree into the other
+layout: one folder of images plus a labels CSV.
 """
+import csv
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -71,3 +75,27 @@ def add_problem_files(class_dir, rng_seed=1):
     undecodable = {"empty.jpg": "empty", "truncated.jpg": "truncated header",
                    "text.jpg": "text", "random.jpg": "random bytes"}
     return decodable, undecodable
+
+
+def flatten_class_tree(tree, flat):
+    """Copy the files of a class tree into one folder as CLASS-FILENAME (a labels-CSV
+    dataset of the same images); returns [(file name in `flat`, class)], sorted.
+    Hidden files stay behind: renamed, they would no longer be hidden."""
+    os.makedirs(flat, exist_ok=True)
+    rows = []
+    for name in sorted(os.listdir(tree)):
+        folder = os.path.join(tree, name)
+        for filename in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if os.path.isfile(os.path.join(folder, filename)) and not filename.startswith("."):
+                shutil.copy2(os.path.join(folder, filename), os.path.join(flat, f"{name}-{filename}"))
+                rows.append((f"{name}-{filename}", name))
+    return rows
+
+
+def write_labels_csv(path, rows, header=("id", "label"), line_end="\r\n", bom=False):
+    """Write `rows` (tuples of fields) under `header` with the csv module, as a
+    spreadsheet program would: CRLF line ends by default, a UTF-8 BOM if asked."""
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator=line_end)
+        writer.writerow(header)
+        writer.writerows(rows)

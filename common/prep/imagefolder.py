@@ -39,7 +39,7 @@ def scan_tree(root, include_clutter=False):
         elif not entry.is_dir():
             ignored.append((entry.name, "not inside a class folder"))
         else:
-            files = _class_files(root, entry.name, ignored)
+            files = walk_images(root, ignored, entry.name)
             if not files:
                 excluded.append((entry.name, 0, "no image files"))
             elif entry.name.endswith(CLUTTER_SUFFIX) and not include_clutter:
@@ -49,17 +49,19 @@ def scan_tree(root, include_clutter=False):
     return Scan(classes, ignored, excluded)
 
 
-def _class_files(root, name, ignored):
-    """Image files under root/name, recursively; non-images go to `ignored`."""
+def walk_images(root, ignored, sub=""):
+    """Image files under root/sub, recursively, as '/'-separated paths relative to
+    root, sorted folder by folder; hidden folders and non-images go to `ignored`."""
     found = []
-    for folder, dirs, files in os.walk(os.path.join(root, name)):
+    for folder, dirs, files in os.walk(os.path.join(root, sub)):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+        prefix = "" if rel_folder == "." else f"{rel_folder}/"  # sub="": the root itself
         for hidden in [d for d in dirs if d.startswith(".")]:
-            ignored.append((f"{rel_folder}/{hidden}", "hidden"))
+            ignored.append((f"{prefix}{hidden}", "hidden"))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for filename in sorted(files):
-            rel = f"{rel_folder}/{filename}"
-            reason = _not_an_image(filename)
+            rel = f"{prefix}{filename}"
+            reason = not_an_image(filename)
             if reason:
                 ignored.append((rel, reason))
             else:
@@ -67,7 +69,7 @@ def _class_files(root, name, ignored):
     return found
 
 
-def _not_an_image(filename):
+def not_an_image(filename):
     """Why `filename` is not listed as an image, or None."""
     if filename.startswith("."):
         return "hidden"

@@ -1,5 +1,8 @@
 """prepare_data.sh: an image-folder dataset -> seeded train/val split -> RecordIO.
 
+The classes come from class folders (imagefolder.py) or from a labels CSV over one
+folder of images (labels.py); everything after that is the same.
+
 Steps, each skipped when its finished output is already there (`--force` redoes
 them): download and verify the archive, extract it, check that every image
 decodes, split each class, write PREFIX-classes.txt and the .lst files, pack each
@@ -20,6 +23,7 @@ from ..cli import (HelpFormatter, MissingFile, OneLineArgumentParser, UserError,
 from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_digest,
                       write_json_atomic, write_text_atomic)
 from .imagefolder import check_file, lst_text, scan_tree, split_class
+from .labels import add_labels_args, report_lines, scan_labelled, stamp_key
 from .parallel import parallel_map
 from .pack import pack_set
 
@@ -33,6 +37,8 @@ _REPORT_AT_MOST = 10  # skipped files printed; summary.json lists all
 # Dataset folders (or archive names) whose outputs get their dataset's name.
 KNOWN_DATASETS = {"256_ObjectCategories": "caltech256", "101_ObjectCategories": "caltech101"}
 _DOWNLOAD_ONLY = ("url", "md5", "download_dir")  # options a --src run does not use
+_CSV_ONLY = ("labels_csv", "csv_id_column", "csv_label_column")  # options class folders do not use
+_FOLDERS_ONLY = ("include_clutter",)  # options a --labels-csv run does not use
 
 
 def get_parser():
@@ -41,13 +47,15 @@ def get_parser():
         description="Split an image-folder dataset (default: Caltech-256, downloaded) into "
                     "seeded train/val lists and pack both into MXNet RecordIO.")
     src = parser.add_argument_group("source")
-    src.add_argument("--src", metavar="DIR", help="extracted dataset, one subfolder per class; "
-                     "without it the archive at --url is downloaded and extracted")
+    src.add_argument("--src", metavar="DIR", help="extracted dataset, one subfolder per class (with "
+                     "--labels-csv: one folder of images); without it the archive at --url is "
+                     "downloaded and extracted")
     src.add_argument("--url", default=CALTECH256_URL, help="dataset archive (tar) to download")
     src.add_argument("--md5", default=CALTECH256_MD5, type=_md5_arg,
                      help="MD5 of the archive; 'none' skips verification")
     src.add_argument("--download-dir", metavar="DIR", default="data/download",
                      help="where the archive is downloaded and extracted")
+    add_labels_args(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", default="data", help="output folder")
     out.add_argument("--prefix", type=_prefix_arg,
@@ -87,8 +95,19 @@ def _prefix_arg(text):
     return text
 
 
+def _check_combination(parser, args):
+    """Usage errors argparse cannot see: options that need, or exclude, another."""
+    if args.labels_csv and not args.src:
+        parser.error("--labels-csv needs --src IMAGES, the folder its ids are relative to")
+    if args.csv_id_column == args.csv_label_column:
+        parser.error(f"--csv-id-column and --csv-label-column are both {args.csv_id_column!r}; "
+                     f"ids and labels need two columns")
+
+
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    _check_combination(parser, args)
     setup_logging()
     created = []  # folders this run made: removed again on failure while empty
     try:
@@ -106,7 +125,9 @@ def prepare(args, created):
     source = {"folder": args.src} if args.src else fetch_dataset(args, created)
     root = source["folder"]
     _refuse_another_dataset(args, prefix, root)
-    scan = _scan(root, args.include_clutter)
+    scan, labels = _scan_source(args, root)
+    if labels:
+        source["labels_csv"] = os.path.abspath(args.labels_csv)
     reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
                            args.num_thread, _hidden(args.out, prefix, "check-cache"), args.force)
     splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
@@ -117,8 +138,8 @@ def prepare(args, created):
     lists = {}
     for index, set_name in enumerate(SETS):
         items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
-        lists[set_name] = _write_set(args, prefix, root, set_name, items)
-    summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists)
+        lists[set_name] = _write_set(args, prefix, root, set_name, items, stamp_key(labels))
+    summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists, labels)
     write_json_atomic(summary_path(args.out, prefix), summary)
     print_report(summary, args.out)
 
@@ -134,12 +155,22 @@ def _refuse_another_dataset(args, prefix, root):
                         f"pass --prefix NAME to keep both, or --force to replace it")
 
 
+def _unused_options(args):
+    """[(option names this run does not use, why)]: given anyway, they are warned of."""
+    groups = [(_DOWNLOAD_ONLY, f"--src {args.src} is read instead of a download")] if args.src else []
+    if args.labels_csv:
+        groups.append((_FOLDERS_ONLY, f"--labels-csv {args.labels_csv} gives the classes, not folders"))
+    else:
+        groups.append((_CSV_ONLY, "no --labels-csv given"))
+    return groups
+
+
 def _warn_unused(args):
     parser = get_parser()
-    given = [f"--{name.replace('_', '-')}" for name in _DOWNLOAD_ONLY
-             if args.src and getattr(args, name) != parser.get_default(name)]
-    if given:
-        log.warning("%s not used: --src %s is read instead of a download", ", ".join(given), args.src)
+    for names, why in _unused_options(args):
+        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) != parser.get_default(name)]
+        if given:
+            log.warning("%s not used: %s", ", ".join(given), why)
 
 
 def _ensure_writable(out, created):
@@ -201,12 +232,24 @@ def fetch_dataset(args, created):
     return {"folder": folder, "url": args.url, "md5": args.md5, "archive": os.path.abspath(archive)}
 
 
-def _scan(root, include_clutter):
+def _scan_source(args, root):
+    """(Scan, Labels or None): the classes from --labels-csv, else from the class folders."""
+    if not args.labels_csv:
+        return _scan(root, args.include_clutter), None
+    _require_folder(root, "the folder of images the CSV's ids are relative to")
+    return scan_labelled(root, args.labels_csv, args.csv_id_column, args.csv_label_column)
+
+
+def _require_folder(root, expected):
     if os.path.isfile(root):
-        raise UserError(f"--src {root}: is a file, not a folder; expected the dataset folder "
-                        f"with one subfolder per class (an archive must be extracted first)")
+        raise UserError(f"--src {root}: is a file, not a folder; expected {expected} "
+                        f"(an archive must be extracted first)")
     if not os.path.isdir(root):
         raise MissingFile(f"--src {root}: no such folder")
+
+
+def _scan(root, include_clutter):
+    _require_folder(root, "the dataset folder with one subfolder per class")
     scan = scan_tree(root, include_clutter)
     if not scan.classes:
         found = "no image files" if scan.excluded else "no class subfolders"
@@ -240,12 +283,14 @@ def check_images(root, rel_paths, workers, cache_path, force=False):
     return {rel: entries[rel][2] for rel in rel_paths}
 
 
-def _write_set(args, prefix, root, set_name, items):
+def _write_set(args, prefix, root, set_name, items, labels_key=None):
     """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx.
 
     The pack's stamp records everything its bytes depend on: the list, each listed
     file's size and mtime (an image rewritten in place changes them), --resize,
-    --quality and the source folder.
+    --quality and the source folder; and `labels_key`, the labels CSV's digest and
+    columns (labels.stamp_key; None for class folders, as in stamps written before
+    there were CSVs, so that those packs stay current).
     """
     base = os.path.join(args.out, f"{prefix}-{set_name}")
     text = lst_text(items)
@@ -253,7 +298,8 @@ def _write_set(args, prefix, root, set_name, items):
              "files_sha256": files_digest(root, items),
              "resize": args.resize,
              "quality": args.quality,
-             "root": os.path.abspath(root)}
+             "root": os.path.abspath(root),
+             "labels_csv": labels_key}
     if not _lst_matches(base + ".lst", text):
         write_text_atomic(base + ".lst", text)
     stamp_path = _hidden(args.out, prefix, f"{set_name}-done")
@@ -303,12 +349,12 @@ def _pack_is_current(stamp_path, expected, base):
         return False
 
 
-def build_summary(args, source, prefix, scan, reasons, splits, lists):
+def build_summary(args, source, prefix, scan, reasons, splits, lists, labels=None):
     """Everything a user needs to trust (or reproduce) the split, as one dict.
 
     source: fetch_dataset's record, or {'folder': --src}; prefix: (name, where it
-    came from). 'options' holds only the options this run used, with the prefix
-    it resolved.
+    came from); labels: the Labels of a --labels-csv run, else None. 'options'
+    holds only the options this run used, with the prefix it resolved.
     """
     classes = []
     for label, (name, files) in enumerate(scan.classes):
@@ -316,7 +362,9 @@ def build_summary(args, source, prefix, scan, reasons, splits, lists):
         classes.append({"label": label, "name": name, "images": len(files),
                         "unreadable": sum(reasons[rel] is not None for rel in files),
                         "train": len(train), "val": len(val), "unused": len(unused)})
-    unused_options = _DOWNLOAD_ONLY if args.src else ("src",)
+    unused_options = {name for names, _ in _unused_options(args) for name in names}
+    if not args.src:
+        unused_options.add("src")
     options = {key: value for key, value in vars(args).items() if key not in unused_options}
     return {
         "source": dict(source, folder=os.path.abspath(source["folder"])),
@@ -332,6 +380,7 @@ def build_summary(args, source, prefix, scan, reasons, splits, lists):
         "skipped": [{"path": rel, "reason": why} for rel, why in sorted(reasons.items()) if why],
         "ignored": [{"path": rel, "reason": why} for rel, why in scan.ignored],
         "excluded_classes": [{"name": n, "images": c, "reason": why} for n, c, why in scan.excluded],
+        "labels_csv": labels.record() if labels else None,
         "lists": lists,
         "versions": software_versions(),
     }
@@ -370,6 +419,9 @@ def print_report(summary, out):
         print(f"  skipped {entry['path']}: {entry['reason']}")
     if len(summary["skipped"]) > _REPORT_AT_MOST:
         print(f"  ... and {len(summary['skipped']) - _REPORT_AT_MOST} more")
+    if summary["labels_csv"]:
+        for line in report_lines(summary["labels_csv"], _REPORT_AT_MOST):
+            print(line)
     for warning in summary["warnings"]:
         print(f"WARNING: {warning}")
 
