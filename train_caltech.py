@@ -69,7 +69,9 @@ def main(argv=None):
 
 def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
-    identity = resume.run_identity(network=args.network, mode=args.mode, dataset=dataset,
+    # A frozen part is part of what the run is: resuming it under another freeze is another run.
+    mode = f"{args.mode}, frozen until {args.freeze_until}" if args.freeze_until else args.mode
+    identity = resume.run_identity(network=args.network, mode=mode, dataset=dataset,
                                    image_shape=args.image_shape)
     start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
                                 num_epochs=args.num_epochs, rank=kv.rank)
@@ -80,7 +82,7 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
                             image_shape=args.image_shape, dtype=args.dtype,
                             pretrained=args.pretrained_model, pretrained_epoch=args.pretrained_epoch,
                             model_dir=args.model_dir, layer=args.layer_before_fullc,
-                            lr_mult_pretrained=args.lr_mult_pretrained)
+                            lr_mult_pretrained=args.lr_mult_pretrained, freeze_until=args.freeze_until)
     log_file = _write_run_files(prefix, args, dataset, contexts, batch_size) if kv.rank == 0 else None
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,

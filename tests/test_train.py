@@ -421,6 +421,55 @@ def test_lr_mult_zero_freezes_weights_but_not_batchnorm_statistics(lr_mult_zero_
     assert lr_mult_zero_run.final["acc"] > WELL_ABOVE_CHANCE
 
 
+@pytest.fixture(scope="module")
+def frozen_stage2_run(data_dir, pretrained, tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("freeze-until") / "run"
+    stdout = train(data_dir, prefix, "--mode", "full", *LEARN, "--wd", "1e-4", "--freeze-until", "stage2",
+                   *_pretrained_args(pretrained), epochs=FINETUNE_EPOCHS)
+    with open(f"{prefix}-train.log") as f:
+        return Run(prefix, stdout, FINETUNE_EPOCHS), f.read()
+
+
+def test_freeze_until_a_stage_keeps_it_and_all_before_it_exactly_and_trains_the_rest(frozen_stage2_run,
+                                                                                     pretrained):
+    run, logs = frozen_stage2_run
+    pre_args, pre_aux = load(pretrained["prefix"], pretrained["epoch"])
+    args, aux = load(run.prefix, FINETUNE_EPOCHS)
+    # ResNet-20: bn_data, conv0, stage1..3, then bn1 (the last BatchNorm) and the head
+    before = {k for k in set(pre_args) | set(pre_aux) if not k.startswith(("stage3", "bn1", "fc1"))}
+    later = {k for k in set(pre_args) | set(pre_aux) if k.startswith(("stage3", "bn1"))}
+    # stage1, stage2 and what feeds them (conv0, bn0, bn_data): weights and BatchNorm statistics
+    assert changed({k: pre_args[k] for k in before & set(pre_args)}, args) == []
+    assert changed({k: pre_aux[k] for k in before & set(pre_aux)}, aux) == []
+    moved = set(changed({k: pre_args[k] for k in later & set(pre_args)}, args))
+    assert {k for k in later & set(pre_args) if k.endswith("_weight")} <= moved
+    assert set(changed({k: pre_aux[k] for k in later & set(pre_aux)}, aux)) == later & set(pre_aux)
+    # Frozen BatchNorm layers also normalize by their moving statistics in training (MXNet
+    # skips the backward of a part that needs no gradient, so those would not move anyway,
+    # but the batch statistics would make training see other features than inference).
+    with open(f"{run.prefix}-symbol.json") as f:
+        norms = {n["name"]: n.get("attrs", {}).get("use_global_stats") for n in json.load(f)["nodes"]
+                 if n["op"] == "BatchNorm"}
+    assert {name for name, fixed in norms.items() if fixed == "True"} == \
+        {name for name in norms if not name.startswith(("stage3", "bn1"))}
+    # The log names exactly what trains: stage3, the last BatchNorm, the new head.
+    listed = logs.split("--freeze-until stage2: ")[1].split("\n")[0]
+    training = set(listed.split("; training ")[1].split(": ", 1)[1].split(", "))
+    assert training == {k for k in args if k.startswith(("stage3", "bn1", "fc_new"))}
+
+
+def test_freeze_until_misuse_is_one_line(data_dir, pretrained, tmp_path):
+    cases = [(["--mode", "full", "--freeze-until", "nope"], "no layer is called so or starts with nope_; "
+              "valid: a layer name or one of the prefixes"),
+             (["--mode", "last-layer", "--freeze-until", "stage2"], "--freeze-until stage2 applies to --mode full only"),
+             (["--mode", "full", "--freeze-until", "fc_new"], "freezes the new head too")]
+    for extra, words in cases:
+        result = run_script(trainkit.train_args(data_dir, tmp_path / "run", *extra, *_pretrained_args(pretrained)),
+                            tmp_path)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 # --- what a run leaves behind -----------------------------------------------------------
 
 def test_run_writes_checkpoints_metrics_plot_args_and_classes(last_layer_run, pretrained, data_dir):

@@ -41,6 +41,9 @@ def add_model_args(parser):
                        help="where zoo checkpoints are downloaded")
     model.add_argument("--layer-before-fullc", metavar="LAYER",
                        help="cut the pretrained network at this layer's output")
+    model.add_argument("--freeze-until", metavar="LAYER",
+                       help="--mode full: freeze this layer and all it depends on (a name, or a prefix such "
+                            "as stage3 for a whole stage), BatchNorm statistics included; the rest trains")
     model.add_argument("--lr-mult-pretrained", metavar="X", type=float_range(0), default=1.0,
                        help="--mode full: learning-rate multiplier of pretrained layers (e.g. 0.1)")
     model.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -74,24 +77,39 @@ def network_symbol(network, num_classes, image_shape, dtype="float32"):
 
 
 def build_model(*, mode, network, num_classes, image_shape, dtype="float32", pretrained=None,
-                pretrained_epoch=0, model_dir="model", layer="flatten0", lr_mult_pretrained=1.0):
+                pretrained_epoch=0, model_dir="model", layer="flatten0", lr_mult_pretrained=1.0,
+                freeze_until=None):
     """The Model for `mode`; see the module docstring."""
-    if lr_mult_pretrained != 1.0 and mode != "full":
-        raise UserError(f"--lr-mult-pretrained {lr_mult_pretrained:g} applies to --mode full only "
-                        f"(--mode {mode} was given)")
+    for flag, value, given in (("--lr-mult-pretrained", f"{lr_mult_pretrained:g}", lr_mult_pretrained != 1.0),
+                               ("--freeze-until", freeze_until, freeze_until)):
+        if given and mode != "full":
+            raise UserError(f"{flag} {value} applies to --mode full only (--mode {mode} was given)")
     if mode == "scratch":
         symbol = network_symbol(network, num_classes, image_shape, dtype)
         return Model(symbol, {}, {}, fresh=_trainable(symbol), fixed=_fixed(symbol, []))
-    cut = pretrained_surgery(network=network, num_classes=num_classes, image_shape=image_shape,
-                             dtype=dtype, pretrained=pretrained, pretrained_epoch=pretrained_epoch,
-                             model_dir=model_dir, layer=layer)
+    cut, freeze = pretrained_surgery(network=network, num_classes=num_classes, image_shape=image_shape,
+                                     dtype=dtype, pretrained=pretrained, pretrained_epoch=pretrained_epoch,
+                                     model_dir=model_dir, layer=layer, freeze_until=freeze_until)
     symbol, frozen = cut.symbol, []
     if mode == "last-layer":
         symbol = surgery.freeze_batchnorm(symbol, surgery.operator_names(symbol, "BatchNorm"))
         frozen = cut.backbone
-    elif lr_mult_pretrained != 1.0:
-        symbol = surgery.set_lr_mult(symbol, set(cut.backbone), lr_mult_pretrained)
+    elif freeze:
+        symbol, frozen = _freeze_until(symbol, freeze_until, freeze)
+    if lr_mult_pretrained != 1.0:
+        symbol = surgery.set_lr_mult(symbol, set(cut.backbone) - set(frozen), lr_mult_pretrained)
     return Model(symbol, cut.loaded_args, cut.loaded_aux, fresh=cut.head, fixed=_fixed(symbol, frozen))
+
+
+def _freeze_until(symbol, layer, freeze):
+    """(symbol with the frozen part's BatchNorm on its moving statistics, frozen argument names).
+
+    freeze: surgery.frozen_until's (argument names, BatchNorm names) for `layer`."""
+    frozen, norms = freeze
+    training = sorted(set(symbol.list_arguments()) - frozen - {"data", "softmax_label"})
+    log.info("--freeze-until %s: %d arguments and %d BatchNorm layers frozen; training %d: %s", layer,
+             len(frozen), len(norms), len(training), ", ".join(training))
+    return surgery.freeze_batchnorm(symbol, norms), sorted(frozen)
 
 
 def _fixed(symbol, frozen):
@@ -99,8 +117,12 @@ def _fixed(symbol, frozen):
 
 
 def pretrained_surgery(*, network, num_classes, image_shape, dtype, pretrained, pretrained_epoch,
-                       model_dir, layer):
-    """Load the pretrained checkpoint (zoo or local) and fit it with a new head."""
+                       model_dir, layer, freeze_until=None):
+    """Load the pretrained checkpoint (zoo or local) and fit it with a new head; returns
+    (surgery.Surgery, surgery.frozen_until's result for freeze_until, or None).
+
+    A bad --freeze-until is found before anything is logged: one line, like every misuse.
+    """
     name = pretrained or modelzoo.default_pretrained(network)
     if name is None:
         raise UserError(f"--network {network} has no model-zoo checkpoint; pass --pretrained-model "
@@ -109,9 +131,13 @@ def pretrained_surgery(*, network, num_classes, image_shape, dtype, pretrained, 
     flags = {} if name in modelzoo.MODELS else modelzoo.pretrained_flags()
     symbol, args, aux = load_checkpoint(prefix, epoch, **flags)
     cut = surgery.build(symbol, args, aux, num_classes, layer, (1,) + tuple(image_shape), dtype)
+    freeze = surgery.frozen_until(cut.symbol, freeze_until) if freeze_until else None
+    if freeze and freeze[0] & set(cut.head):
+        raise UserError(f"--freeze-until {freeze_until} freezes the new head too: nothing would train; "
+                        f"name a layer before --layer-before-fullc")
     log.info("pretrained model %s (epoch %d), cut at %s", prefix, epoch, layer)
     surgery.log_surgery(cut)
-    return cut
+    return cut, freeze
 
 
 def _trainable(symbol):

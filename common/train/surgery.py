@@ -198,3 +198,30 @@ def fixed_gammas(symbol):
 def operator_names(symbol, op):
     """Names of the nodes of type `op` in `symbol`."""
     return {node["name"] for node in json.loads(symbol.tojson())["nodes"] if node["op"] == op}
+
+
+def frozen_until(symbol, layer):
+    """(argument names, BatchNorm names) of `layer` and everything its output depends on.
+
+    layer: an operator name ('stage3_unit2_conv1'), or a name prefix ('stage3': every
+    operator whose name starts with 'stage3_', so a whole stage). The layers after it,
+    those it does not feed from, are what trains. Raises UserError for a name that
+    matches no operator, naming the prefixes there are.
+    """
+    nodes = json.loads(symbol.tojson())["nodes"]
+    ops = [i for i, node in enumerate(nodes) if node["op"] != "null"]
+    hits = [i for i in ops if nodes[i]["name"] == layer or nodes[i]["name"].startswith(layer + "_")]
+    if not hits:
+        prefixes = sorted({nodes[i]["name"].split("_")[0] for i in ops} - {""})
+        raise UserError(f"--freeze-until {layer}: no layer is called so or starts with {layer}_; "
+                        f"valid: a layer name or one of the prefixes {', '.join(prefixes)}")
+    seen, todo = set(), list(hits)
+    while todo:
+        index = todo.pop()
+        if index not in seen:
+            seen.add(index)
+            todo.extend(entry[0] for entry in nodes[index]["inputs"])
+    arguments = set(symbol.list_arguments()) - set(_INPUTS)
+    params = {nodes[i]["name"] for i in seen if nodes[i]["op"] == "null"} & arguments
+    norms = {nodes[i]["name"] for i in seen if nodes[i]["op"] == "BatchNorm"}
+    return params, norms
