@@ -72,7 +72,8 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     # A frozen part is part of what the run is: resuming it under another freeze is another run.
     mode = f"{args.mode}, frozen until {args.freeze_until}" if args.freeze_until else args.mode
     identity = resume.run_identity(network=args.network, mode=mode, dataset=dataset,
-                                   image_shape=args.image_shape)
+                                   image_shape=args.image_shape,
+                                   sampling="balanced" if args.balanced_sampling else None)
     start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
                                 num_epochs=args.num_epochs, rank=kv.rank)
     if start.batch == 0 and start.epoch >= args.num_epochs:
@@ -87,7 +88,7 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
-                         requeue=args.requeue, progress=progress)
+                         requeue=args.requeue, progress=progress, balanced=args.balanced_sampling)
     try:
         val = cli.logging_failures(_train, net, dataset, contexts, kv, plan, cfg, start)
     finally:

@@ -21,7 +21,7 @@ import pytest
 
 from common import checkpoint, records
 from common.cluster import hosts, remote, watchdog
-from common.train import dist
+from common.train import sampling
 from tests import trainkit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +168,7 @@ def test_each_epoch_gives_each_worker_its_own_images(data_dir):
     parts = {}
     for seed in (11, 12):
         for rank in (0, 1, 2):
-            with dist.Shards(train, rank=rank, num_workers=3) as shards:
+            with sampling.EpochParts(train, rank=rank, num_workers=3) as shards:
                 part = shards.epoch(seed)
                 keys = [int(line.split()[0]) for line in open(part.idx)]
                 labels = records.read_labels(part.rec, part.idx)
@@ -181,7 +181,7 @@ def test_each_epoch_gives_each_worker_its_own_images(data_dir):
         assert len(set(keys[0]) & set(keys[1])) == 0
     assert parts[11, 0] != parts[12, 0]
     # The same seed gives the same part (an exact resume).
-    with dist.Shards(train, rank=0, num_workers=3) as shards:
+    with sampling.EpochParts(train, rank=0, num_workers=3) as shards:
         assert [int(line.split()[0]) for line in open(shards.epoch(11).idx)] == parts[11, 0]
 
 

@@ -5,7 +5,7 @@ that stops one batch earlier or later than the others leaves them waiting
 forever. So the workers decide together, once per batch, whether to stop (a
 preemption signal reached any of them), and they all train the same number of
 batches per epoch: each epoch, worker r of W trains on its own N // W images of
-a permutation of the whole set seeded by the epoch (Shards). MXNet's own split
+a permutation of the whole set seeded by the epoch (common.train.sampling). MXNet's own split
 (num_parts) would give each worker a fixed slice of the .rec, which
 prepare_data.sh writes in class order: half the classes each, and BatchNorm
 batches unlike any at test time. Each worker's BatchNorm statistics come from
@@ -22,13 +22,6 @@ The sums above use the same store: keys that no optimizer touches.
 """
 import logging
 import os
-import shutil
-import tempfile
-import time
-
-import numpy as np
-
-from .. import records
 
 log = logging.getLogger(__name__)
 
@@ -108,38 +101,3 @@ def own_aux(aux_params, rank):
     own = {name[len(mine):]: value for name, value in aux_params.items() if name.startswith(mine)}
     shared = {name: value for name, value in aux_params.items() if "/" not in name}
     return dict(shared, **own)
-
-
-class Shards:
-    """Each epoch's part of `record_set` for worker `rank` of `num_workers` (a context
-    manager: the parts are files in a temporary folder, removed at exit).
-
-    The permutation depends only on the epoch's seed, so a resumed run sees the
-    same parts; N % W images sit out each epoch, different ones every time.
-    """
-
-    def __init__(self, record_set, *, rank, num_workers):
-        self.record_set, self.rank, self.num_workers = record_set, rank, num_workers
-        self.folder = None
-
-    def __enter__(self):
-        self.folder = tempfile.mkdtemp(prefix=f"finetune-worker{self.rank}-")
-        count, rest = divmod(len(self.record_set), self.num_workers)
-        log.info("worker %d of %d: %d of the %d training images each epoch%s", self.rank, self.num_workers,
-                 count, len(self.record_set),
-                 f" ({rest} sit out each epoch, different ones each time)" if rest else "")
-        return self
-
-    def __exit__(self, *exc):
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def epoch(self, seed):
-        """The RecordSet this worker trains on in the epoch with iterator seed `seed`."""
-        tic = time.time()
-        count = len(self.record_set) // self.num_workers
-        order = np.random.default_rng(seed).permutation(len(self.record_set))
-        # Sorted: the copy reads the .rec front to back; the iterator shuffles anyway.
-        mine = np.sort(order[self.rank * count:(self.rank + 1) * count])
-        part = records.write_subset(self.record_set, mine, os.path.join(self.folder, "train"))
-        log.debug("worker %d: its %d images copied in %.2f s", self.rank, count, time.time() - tic)
-        return part

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 
-from . import callbacks, dist, preempt, schedule as sched
+from . import callbacks, dist, preempt, sampling, schedule as sched
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
 from ..cli import int_at_least, nonnegative_int, positive_int
@@ -44,6 +44,7 @@ class RunConfig:
     dtype: 'float32' or 'float16'. identity: resume.run_identity, recorded in
     every manifest. keep: committed checkpoints kept. requeue: requeue the Slurm
     job on SIGUSR1. progress: called after every batch and epoch (a watchdog's beat).
+    balanced: class-balanced sampling (common.train.sampling).
     """
     prefix: str
     batch_size: int
@@ -57,6 +58,7 @@ class RunConfig:
     keep: int = KEEP
     requeue: bool = False
     progress: object = None
+    balanced: bool = False
 
 
 def add_fit_args(parser):
@@ -76,6 +78,9 @@ def add_fit_args(parser):
     fit.add_argument("--disp-batches", metavar="N", type=positive_int, default=20, help="log speed every N batches")
     fit.add_argument("--seed", metavar="S", type=nonnegative_int, default=0,
                      help="random seed (weights, shuffle, augmentation)")
+    fit.add_argument("--balanced-sampling", action="store_true",
+                     help="each epoch draws as many images as the set has, classes uniformly, then an "
+                          "image of the class (with replacement), instead of every image once")
     add_checkpoint_args(fit)
     return fit
 
@@ -120,11 +125,12 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     if start.tag is not None:
         module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
 
-    shards = dist.Shards(dataset.train, rank=kv.rank, num_workers=kv.num_workers) if sync else None
+    parts = sampling.EpochParts(dataset.train, rank=kv.rank, num_workers=kv.num_workers, balanced=cfg.balanced)
+    parts = parts if parts.needed else None
 
     def train_data(epoch):
         seed = epoch_seed(cfg.seed, epoch)
-        return transforms.record_iter(shards.epoch(seed) if shards else dataset.train,
+        return transforms.record_iter(parts.epoch(seed) if parts else dataset.train,
                                       image_shape=cfg.image_shape, batch_size=cfg.batch_size, train=True,
                                       threads=cfg.data_threads, seed=seed)
 
@@ -137,7 +143,7 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
                                                   gather_aux=sync and sync.with_worker_aux)
     # Rank 0 alone requeues a dist job: once for the job, not once per worker.
     with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops, \
-            shards or contextlib.nullcontext():
+            parts or contextlib.nullcontext():
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
                                                  preemption=stops)
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,

@@ -23,7 +23,7 @@ from ..fsutil import file_digest, text_digest, write_json_atomic
 log = logging.getLogger(__name__)
 
 # What makes a checkpoint part of a run: another value is another run.
-IDENTITY = ("network", "mode", "num_classes", "classes_sha256", "data_sha256", "image_shape")
+IDENTITY = ("network", "mode", "num_classes", "classes_sha256", "data_sha256", "image_shape", "sampling")
 
 
 @dataclasses.dataclass
@@ -40,12 +40,13 @@ class Start:
     manifest: dict = None
 
 
-def run_identity(*, network, mode, dataset, image_shape):
-    """The IDENTITY values of a run on `dataset` (records.Dataset)."""
+def run_identity(*, network, mode, dataset, image_shape, sampling=None):
+    """The IDENTITY values of a run on `dataset` (records.Dataset); sampling: None (every
+    image once an epoch: what manifests without the key mean) or 'balanced'."""
     return {"network": network, "mode": mode, "num_classes": dataset.num_classes,
             "classes_sha256": text_digest("\n".join(dataset.classes)),
             "data_sha256": {"train": file_digest(dataset.train.idx), "val": file_digest(dataset.val.idx)},
-            "image_shape": list(image_shape)}
+            "image_shape": list(image_shape), "sampling": sampling}
 
 
 def choose_start(prefix, identity, *, load_epoch, restart, num_epochs, rank=0):

@@ -125,7 +125,7 @@ def current_lr(module):
 def updates_per_epoch(num_examples, batch_size, num_workers=1):
     """Batches per epoch and worker; ImageRecordIter rounds the last batch up.
 
-    With several workers each trains on N // W images an epoch (common.train.dist.Shards):
+    With several workers each trains on N // W images an epoch (common.train.sampling):
     the same number of batches for all, since one with a batch more would wait
     forever for the others' push.
     """
