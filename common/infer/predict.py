@@ -48,9 +48,16 @@ def top_k(probs, k):
 
 
 def predict_files(model, files, resize, k):
-    """Yield (path, [(label, probability)] or None, reason or None) for each file, in order.
+    """Yield (path, [(label, probability)] or None, reason or None) for each file, in order."""
+    for path, probs, reason in forward_files(model, files, resize):
+        yield path, None if reason else top_k(probs, k), reason
 
-    Images are decoded one batch at a time, so a folder of any size fits in memory.
+
+def forward_files(model, files, resize):
+    """Yield (path, the model's output for it or None, reason or None) for each file, in order.
+
+    Images get `preprocess` (the validation pipeline; resize: shorter side in px)
+    and are decoded one batch at a time, so a folder of any size fits in memory.
     """
     for start in range(0, len(files), model.batch_size):
         chunk, arrays, failed = files[start:start + model.batch_size], [], {}
@@ -59,12 +66,12 @@ def predict_files(model, files, resize, k):
                 arrays.append(preprocess(path, resize, model.image_shape))
             except UnreadableImage as exc:
                 failed[path] = exc.reason
-        probs = iter(forward(model, np.stack(arrays)) if arrays else [])
+        outputs = iter(forward(model, np.stack(arrays)) if arrays else [])
         for path in chunk:
             if path in failed:
                 yield path, None, failed[path]
             else:
-                yield path, top_k(next(probs), k), None
+                yield path, next(outputs), None
 
 
 def prediction_record(path, ranked, names):
