@@ -6,7 +6,6 @@ run as subprocesses where their exit status and stderr are the point.
 """
 import csv
 import json
-import logging
 import os
 import pathlib
 import shutil
@@ -248,16 +247,6 @@ def test_predict_into_a_closed_pipe_ends_quietly(run):
     proc.stdout.close()  # what head does after its line
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err.decode().strip() == ""
-
-
-@pytest.fixture
-def entry_state():
-    """Undo what an entry point run in this process sets globally (log level, env)."""
-    level, env = logging.getLogger().level, dict(os.environ)
-    yield
-    logging.getLogger().setLevel(level)
-    os.environ.clear()
-    os.environ.update(env)
 
 
 def test_predict_rejects_a_checkpoint_whose_output_is_not_a_softmax(run, tmp_path, capsys, entry_state):
