@@ -11,6 +11,8 @@ import collections
 import dataclasses
 import os
 
+import numpy as np
+
 from common import checkpoint, records
 from common.cli import UserError, WriteFailed, mxnet_reason
 from common.fsutil import CannotCreate, output_folder, write_text_atomic
@@ -40,13 +42,12 @@ class Drawing:
 @dataclasses.dataclass
 class Source:
     """The network to draw: its symbol, the checkpoint's arrays (None: symbol only),
-    its name for titles, the input shape (C, H, W) and where that came from, and
-    the checkpoint's prefix and epoch whose arrays were read."""
+    its name for titles, the input shape (C, H, W), and the checkpoint's prefix and
+    epoch whose arrays were read."""
     symbol: object
     arrays: tuple
     name: str
     image_shape: tuple
-    shape_from: str
     prefix: str = None
     epoch: int = None
 
@@ -55,7 +56,7 @@ def network_source(network, num_classes, image_shape):
     """A --network of symbols/ with a `num_classes` head (None: PRETRAINED_CLASSES)."""
     shape = tuple(image_shape or DEFAULT_IMAGE_SHAPE)
     symbol = modes.network_symbol(network, num_classes or PRETRAINED_CLASSES, shape)
-    return Source(symbol, None, network, shape, "--image-shape" if image_shape else "default")
+    return Source(symbol, None, network, shape)
 
 
 def checkpoint_source(prefix, epoch, image_shape):
@@ -64,7 +65,7 @@ def checkpoint_source(prefix, epoch, image_shape):
     shape = settings.resolve_image_shape(image_shape, settings.recorded_args(prefix))
     if epoch is not None:
         symbol, args, aux = checkpoint.load_checkpoint(prefix, epoch)
-        return Source(symbol, (args, aux), f"{prefix} epoch {epoch}", shape.value, shape.source, prefix, epoch)
+        return Source(symbol, (args, aux), f"{prefix} epoch {epoch}", shape.value, prefix, epoch)
     if not os.path.isfile(checkpoint.symbol_path(prefix)):
         checkpoint.require_checkpoint(prefix, 0)  # raises, naming the checkpoints there
     checkpoint.verify_digest(checkpoint.symbol_path(prefix))
@@ -72,7 +73,7 @@ def checkpoint_source(prefix, epoch, image_shape):
         symbol = mx.sym.load(checkpoint.symbol_path(prefix))
     except mx.base.MXNetError as exc:
         raise UserError(f"{checkpoint.symbol_path(prefix)} cannot be read: {mxnet_reason(exc)}") from None
-    return Source(symbol, None, prefix, shape.value, shape.source)
+    return Source(symbol, None, prefix, shape.value)
 
 
 def dataset_classes(data_dir, prefix):
@@ -132,7 +133,6 @@ def _cut_check(source, cut, counted):
 
 
 def _size(array):
-    import numpy as np
     return int(np.prod(array.shape))
 
 

@@ -94,10 +94,10 @@ def infer_shapes(symbol, data_shape):
             dict(zip(internals.list_outputs(), out_shapes)))
 
 
-def _output_shape(node, index, outputs):
-    """An entry's shape for one image: the op's output `index`, or the variable itself."""
+def _output_shape(node, outputs):
+    """A node's (first) output shape for one image, without the batch axis, or None."""
     name = node["name"]
-    keys = [name] if node["op"] == "null" else [f"{name}_output", f"{name}_output{index}"]
+    keys = [name] if node["op"] == "null" else [f"{name}_output", f"{name}_output0"]
     shape = next((outputs[key] for key in keys if key in outputs), None)
     return tuple(shape[1:]) if shape is not None else None
 
@@ -116,18 +116,16 @@ def layers(symbol, data_shape):
         name, op = node["name"], node["op"]
         if op == "null":
             if name in inputs:
-                table.append(Layer(name, INPUT, [], _output_shape(node, 0, outputs), {}, {}, {}))
+                table.append(Layer(name, INPUT, [], _output_shape(node, outputs), {}, {}, {}))
             continue
-        layer = Layer(name, op, [], _output_shape(node, 0, outputs), node.get("attrs", {}), {}, {})
-        for entry in node["inputs"]:
-            source = nodes[entry[0]]["name"]
-            kind = (layer.inputs if source in inputs or nodes[entry[0]]["op"] != "null"
-                    else layer.params if source in args else layer.aux)
-            if kind is layer.inputs:
-                kind.append(source)
-            elif source not in counted:
-                counted.add(source)
-                kind[source] = tuple(args.get(source) or aux[source])
+        layer = Layer(name, op, [], _output_shape(node, outputs), node.get("attrs", {}), {}, {})
+        for source in (nodes[entry[0]] for entry in node["inputs"]):
+            if source["op"] != "null" or source["name"] in inputs:
+                layer.inputs.append(source["name"])
+            elif source["name"] not in counted:  # a weight or a statistic: its first reader's
+                counted.add(source["name"])
+                arrays, shapes = (layer.params, args) if source["name"] in args else (layer.aux, aux)
+                arrays[source["name"]] = tuple(shapes[source["name"]])
         table.append(layer)
     return table
 
