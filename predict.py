@@ -30,9 +30,7 @@ def get_parser(add_help=True):
     group = parser.add_argument_group("prediction")
     group.add_argument("paths", nargs="+", metavar="PATH",
                        help="image files and/or folders (every image file in them, recursively)")
-    group.add_argument("--resize", metavar="N", type=cli.nonnegative_int,
-                       help="shorter side in px before the center crop, 0 keeps the size (default: "
-                            "the training data's --resize, else 8/7 of the crop, e.g. 256 for 224)")
+    settings.add_resize_arg(group)
     tta.add_tta_args(group)
     group.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     group.add_argument("--verbose", action="store_true", help="log the settings used on stderr")

@@ -72,21 +72,33 @@ def predict_probabilities(module, data_iter, expected_labels):
     data_iter: a fresh, unshuffled iterator over a set whose record labels, in
     file order, are `expected_labels` (N,).
     """
+    probs = np.concatenate(list(set_outputs(module, data_iter, expected_labels)))
+    return probs.astype(np.float32), np.asarray(expected_labels, dtype=np.int64)
+
+
+def set_outputs(module, data_iter, expected_labels):
+    """Yield the module's first output (numpy) for each batch of the first N images, in order.
+
+    data_iter: as predict_probabilities. The last batch's padding is dropped, so
+    the yielded rows add up to N, one per record; after the last one, raises
+    OrderError unless the labels the iterator gave were `expected_labels` (N,).
+    """
     count = len(expected_labels)
-    probs, labels, have = [], [], 0
+    labels, have = [], 0
     for batch in data_iter:
         if have >= count:
             break
         module.forward(batch, is_train=False)
         keep = min(batch.data[0].shape[0], count - have)
-        probs.append(module.get_outputs()[0].asnumpy()[:keep])
         labels.append(batch.label[0].asnumpy()[:keep])
         have += keep
+        # Copied out now (asnumpy waits for the result): the next forward pass reuses
+        # the output buffers, and the threaded engine runs ahead of Python.
+        yield module.get_outputs()[0].asnumpy()[:keep]
     labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
     if have != count or not np.array_equal(labels, expected_labels):
         raise OrderError(f"the iterator gave {have} images whose labels differ from the "
                          f"{count} records of the set")
-    return np.concatenate(probs).astype(np.float32), labels
 
 
 def topk_correct(probs, labels, k):

@@ -260,6 +260,11 @@ def read_labels(rec, idx):
     return labels
 
 
+def read_keys(idx):
+    """The record ids of a set in .idx order (im2rec's index, the first column of the .lst)."""
+    return np.array([key for key, _ in _read_idx(idx)], dtype=np.int64)
+
+
 def write_subset(record_set, positions, stem):
     """Copy the records at `positions` (indexes into record_set's .idx order) into
     stem.rec/.idx, byte for byte, in that order; returns their RecordSet."""

@@ -1,4 +1,7 @@
 """Fixtures for every test."""
+import logging
+import os
+
 import pytest
 
 
@@ -9,3 +12,13 @@ def no_proxy(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def entry_state():
+    """Undo what an entry point run in this process sets globally (log level, env)."""
+    level, env = logging.getLogger().level, dict(os.environ)
+    yield
+    logging.getLogger().setLevel(level)
+    os.environ.clear()
+    os.environ.update(env)

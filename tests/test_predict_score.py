@@ -6,13 +6,11 @@ run as subprocesses where their exit status and stderr are the point.
 """
 import csv
 import json
-import logging
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import types
 
 import cv2
 import mxnet as mx
@@ -21,12 +19,10 @@ import pytest
 
 import predict
 import score
-import train_caltech
 from common import cli, records, transforms
 from common.transforms import IMAGE_EXTENSIONS
 from common.infer import model as infer_model, predict as infer_predict, settings
 from common.prep.imagefolder import read_lst
-from common.report import read_metrics
 from tests import trainkit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,27 +34,7 @@ SHAPE = trainkit.IMAGE_SHAPE
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A trained checkpoint (epochs 1..EPOCHS) with its data, metrics and val images."""
-    root = tmp_path_factory.mktemp("predict_score")
-    data_dir = trainkit.prepare_dataset(str(root))
-    prefix = str(root / "model" / "net")
-    handlers = list(logging.getLogger().handlers)
-    # lr 0.1 without momentum: val accuracy 0.25, 0.5, 1.0, 1.0 here, deterministically
-    train_caltech.main(trainkit.train_args(data_dir, prefix, "--mode", "scratch", "--lr", "0.1",
-                                           epochs=EPOCHS))
-    for handler in set(logging.getLogger().handlers) - set(handlers):  # the run's log file
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-    metrics = read_metrics(prefix + "-metrics.jsonl")
-    assert len(metrics) == EPOCHS
-    # chance is 1/4: the checks on rankings below mean something only if it learned
-    assert metrics[-1]["val_acc"] > 0.5, metrics
-    val = [(int(label), os.path.join(str(root), "src", rel))
-           for _, label, rel in read_lst(os.path.join(data_dir, "caltech256-val.lst"))]
-    with open(os.path.join(data_dir, "caltech256-classes.txt"), encoding="utf-8") as f:
-        classes = f.read().split()
-    return types.SimpleNamespace(root=root, data_dir=data_dir, prefix=prefix, metrics=metrics,
-                                 val=val, classes=classes, src=os.path.join(str(root), "src"),
-                                 val_rec=os.path.join(data_dir, "caltech256-val.rec"))
+    return trainkit.trained_run(tmp_path_factory.mktemp("predict_score"), EPOCHS)
 
 
 def run_script(script, *args, cwd=REPO):
@@ -271,16 +247,6 @@ def test_predict_into_a_closed_pipe_ends_quietly(run):
     proc.stdout.close()  # what head does after its line
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err.decode().strip() == ""
-
-
-@pytest.fixture
-def entry_state():
-    """Undo what an entry point run in this process sets globally (log level, env)."""
-    level, env = logging.getLogger().level, dict(os.environ)
-    yield
-    logging.getLogger().setLevel(level)
-    os.environ.clear()
-    os.environ.update(env)
 
 
 def test_predict_rejects_a_checkpoint_whose_output_is_not_a_softmax(run, tmp_path, capsys, entry_state):

@@ -2,8 +2,9 @@
 
 1. Data preparation (common/prep/) never imports MXNet at module level: its
    workers are spawned processes that must stay light.
-2. Inference (common/infer/, predict.py, score.py) never depends on training
-   code (common/train/); the shared modules in common/ depend on no room at all.
+2. Inference (common/infer/, predict.py, score.py, extract_features.py) never
+   depends on training code (common/train/); the shared modules in common/
+   depend on no room at all.
 3. predict.py's image preprocessing (common.transforms.preprocess) gives exactly
    what the validation iterator (common.transforms.record_iter) feeds the network.
 
@@ -29,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREP_MODULES = ["common.prep.main", "common.prep.pack", "common.prep.imagefolder", "common.prep.labels",
                 "common.prep.download", "common.prep.parallel"]
 ROOMS = ("prep", "train", "infer", "cluster")
+INFERENCE_ENTRY_POINTS = ("predict.py", "score.py", "extract_features.py")
 
 
 def fresh_python(code):
@@ -86,7 +88,7 @@ def room_of(module):
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "common", "infer", "*.py")))
-                         + [os.path.join(REPO, "predict.py"), os.path.join(REPO, "score.py")],
+                         + [os.path.join(REPO, name) for name in INFERENCE_ENTRY_POINTS],
                          ids=os.path.basename)
 def test_inference_code_imports_no_training_code(path):
     assert [m for m in imported_modules(path) if room_of(m) == "train"] == []
@@ -99,8 +101,10 @@ def test_shared_modules_import_no_room(path):
 
 
 def test_inference_entry_points_load_no_training_module():
-    loaded = fresh_python("import sys, predict, score, common.infer.model, common.infer.predict, "
-                          "common.infer.score, common.infer.settings; "
+    modules = [name[:-3] for name in INFERENCE_ENTRY_POINTS] + [
+        f"common.infer.{os.path.basename(p)[:-3]}" for p in glob.glob(os.path.join(REPO, "common", "infer", "*.py"))
+        if not p.endswith("__init__.py")]
+    loaded = fresh_python(f"import sys, {', '.join(sorted(modules))}; "
                           "print(sorted(m for m in sys.modules if m.startswith('common.train')))")
     assert loaded.strip() == "[]"
 

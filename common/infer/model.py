@@ -85,7 +85,8 @@ def bind_module(symbol, arg_params, aux_params, contexts, batch_size, image_shap
 
 @dataclasses.dataclass
 class Model:
-    """A bound inference module. batch_size: images per forward (all devices)."""
+    """A bound inference module. batch_size: images per forward (all devices);
+    num_classes: None for a network cut before its softmax (extract_features.py)."""
     module: object
     prefix: str
     epoch: int
@@ -107,18 +108,19 @@ def inference_batch(batch_size, num_images, num_devices):
 def load_model(prefix, epoch, image_shape, contexts, batch_size):
     """Load PREFIX at EPOCH (verified when digests exist) and bind it for inference."""
     per_device_batch(batch_size, len(contexts))
-    symbol, arg_params, aux_params = checkpoint.load_checkpoint(prefix, epoch, note=_ZOO_NOTE)
+    symbol, arg_params, aux_params = checkpoint.load_checkpoint(prefix, epoch, note=ZOO_NOTE)
     num_classes = output_classes(symbol, (1,) + tuple(image_shape))
     module = bind_module(symbol, arg_params, aux_params, contexts, batch_size, image_shape)
     return Model(module, prefix, epoch, num_classes, tuple(image_shape), batch_size)
 
 
 # Said when --model-prefix is not there: a zoo name is not downloaded by inference.
-_ZOO_NOTE = " (model-zoo checkpoints are downloaded by train_caltech.py into its --model-dir, e.g. model/NAME)"
+ZOO_NOTE = " (model-zoo checkpoints are downloaded by train_caltech.py into its --model-dir, e.g. model/NAME)"
 
 
 def forward(model, images):
-    """(n, C) probabilities for images (n, C, H, W), n <= model.batch_size (zero-padded)."""
+    """The first output for images (n, C, H, W), n <= model.batch_size (zero-padded):
+    (n, C) probabilities for a classifier, (n, ...) for a cut network (features)."""
     import mxnet as mx
     count = len(images)
     batch = np.zeros((model.batch_size,) + model.image_shape, dtype=np.float32)

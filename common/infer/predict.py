@@ -51,8 +51,18 @@ def top_k(probs, k):
 def predict_files(model, files, resize, k, tta_scales=None):
     """Yield (path, [(label, probability)] or None, reason or None) for each file, in order.
 
-    Images are decoded one batch at a time, so a folder of any size fits in memory.
     tta_scales: average over the test-time views at these scales (common.infer.tta).
+    """
+    for path, probs, reason in forward_files(model, files, resize, tta_scales):
+        yield path, None if reason else top_k(probs, k), reason
+
+
+def forward_files(model, files, resize, tta_scales=None):
+    """Yield (path, the model's output for it or None, reason or None) for each file, in order.
+
+    Images get `preprocess` (the validation pipeline; resize: shorter side in px), or
+    with tta_scales the mean output over their test-time views, and are decoded one
+    batch at a time, so a folder of any size fits in memory.
     """
     for start in range(0, len(files), model.batch_size):
         chunk, arrays, failed = files[start:start + model.batch_size], [], {}
@@ -63,14 +73,14 @@ def predict_files(model, files, resize, k, tta_scales=None):
             except UnreadableImage as exc:
                 failed[path] = exc.reason
         if tta_scales:
-            probs = iter(tta.average_views(model, arrays, scales=tta_scales))
+            outputs = iter(tta.average_views(model, arrays, scales=tta_scales))
         else:
-            probs = iter(forward(model, np.stack(arrays)) if arrays else [])
+            outputs = iter(forward(model, np.stack(arrays)) if arrays else [])
         for path in chunk:
             if path in failed:
                 yield path, None, failed[path]
             else:
-                yield path, top_k(next(probs), k), None
+                yield path, next(outputs), None
 
 
 def prediction_record(path, ranked, names):

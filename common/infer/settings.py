@@ -32,16 +32,20 @@ def base_parser(prog, description, top_k_default, top_k_help, add_help=True):
     return parser
 
 
-def add_checkpoint_args(parser):
-    """The checkpoint argument group both scripts share (model, input, devices)."""
+def add_checkpoint_args(parser, classes=True):
+    """The checkpoint argument group the inference scripts share (model, input, devices).
+
+    classes: also --classes (the names of the model's outputs).
+    """
     group = parser.add_argument_group("checkpoint")
     group.add_argument("--model-prefix", metavar="PREFIX", required=True,
                        help="checkpoint prefix: PREFIX-symbol.json and PREFIX-EPOCH.params")
     group.add_argument("--epoch", metavar="N", type=nonnegative_int, required=True,
                        help="checkpoint epoch (0 for the model zoo's files)")
-    group.add_argument("--classes", metavar="FILE",
-                       help="class names, one per line (default: PREFIX-classes.txt; "
-                            "without either, label indices are shown)")
+    if classes:
+        group.add_argument("--classes", metavar="FILE",
+                           help="class names, one per line (default: PREFIX-classes.txt; "
+                                "without either, label indices are shown)")
     group.add_argument("--image-shape", metavar="C,H,W", type=image_shape_type,
                        help="network input C,H,W (default: the training run's, from "
                             "PREFIX-args.json, else 3,224,224)")
@@ -49,6 +53,13 @@ def add_checkpoint_args(parser):
                        help="images per forward pass, over all devices")
     add_device_args(group)
     return group
+
+
+def add_resize_arg(group):
+    """--resize: the shorter side image files are resized to before the center crop."""
+    group.add_argument("--resize", metavar="N", type=nonnegative_int,
+                       help="image files: shorter side in px before the center crop, 0 keeps the size "
+                            "(default: the training data's --resize, else 8/7 of the crop, e.g. 256 for 224)")
 
 
 @dataclasses.dataclass
