@@ -402,7 +402,9 @@ def test_the_mpi_and_sge_launchers_run_one_submission_per_kind(data_dir, tmp_pat
     (["--interface", "nosuch0", "true"], "no such network interface; valid: lo"),
     (["--host", "no.such.host.invalid", "true"], "--host no.such.host.invalid: not an IPv4 address"),
     (["--launcher", "ssh", "-H", "/nonexistent/hosts", "true"], "-H /nonexistent/hosts: cannot read it"),
-], ids=["no-command", "ssh-no-hosts", "slurm-outside", "yarn", "env-pair", "interface", "host", "hostfile"])
+    (["--env", "NO_SUCH_VARIABLE_HERE", "true"], "--env NO_SUCH_VARIABLE_HERE: no such variable is set here"),
+], ids=["no-command", "ssh-no-hosts", "slurm-outside", "yarn", "env-pair", "interface", "host", "hostfile",
+        "env-unset"])
 def test_launcher_misuse_is_one_line(argv, message):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     result = subprocess.run([sys.executable, LAUNCH, "-n", "2", "--launcher", "local", *argv], cwd=REPO,

@@ -13,7 +13,6 @@ common.cluster.watchdog), so that a scheduler can requeue it.
 """
 import argparse
 import os
-import sys
 
 from . import hosts, job as jobs, remote, watchdog
 from ..cli import (HelpFormatter, OneLineArgumentParser, UserError, int_at_least, positive_float, positive_int,
@@ -67,11 +66,14 @@ def parse(argv=None):
 
 
 def job_env(args, address, port):
-    """What every process of the job gets: MXNet's DMLC_* variables and the watchdog's."""
+    """What every process of the job gets: MXNet's DMLC_* variables and the --env ones."""
+    unset = [name for name in args.env if name not in os.environ]
+    if unset:
+        raise UserError(f"--env {unset[0]}: no such variable is set here, so there is no value to pass on")
     env = {"DMLC_PS_ROOT_URI": address, "DMLC_PS_ROOT_PORT": str(port),
            "DMLC_NUM_WORKER": str(args.num_workers), "DMLC_NUM_SERVER": str(args.num_servers),
            "DMLC_JOB_CLUSTER": args.launcher}
-    env.update({name: os.environ[name] for name in args.env if name in os.environ})
+    env.update({name: os.environ[name] for name in args.env})
     return env
 
 
@@ -105,7 +107,3 @@ def main(argv=None):
     for role in roles:
         job.start(role)
     return job.wait()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
