@@ -185,7 +185,7 @@ def check_record_set(rec, num_classes, option=None, decode=False):
     idx = require_record_files(rec, option)
     labels = read_labels(rec, idx)
     if decode:
-        check_images(rec, idx)
+        check_images(rec, idx, len(labels))
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes) | (labels != np.round(labels)))
     if bad.size:
         raise UserError(f"{rec}: record {bad[0]} has label {labels[bad[0]]:g}, outside the "
@@ -283,10 +283,9 @@ def write_subset(record_set, positions, stem):
     return RecordSet(stem + ".rec", stem + ".idx", record_set.labels[np.asarray(positions, dtype=np.int64)])
 
 
-def check_images(rec, idx):
-    """Decode every image of `rec`; UserError naming the first record that does not decode."""
-    for _ in progress(iter_images(rec, idx), total=len(_read_idx(idx)), desc=f"decode {os.path.basename(rec)}",
-                      unit="img"):
+def check_images(rec, idx, count):
+    """Decode every image of `rec` (`count` records); UserError naming the first that does not decode."""
+    for _ in progress(iter_images(rec, idx), total=count, desc=f"decode {os.path.basename(rec)}", unit="img"):
         pass
 
 
@@ -299,55 +298,62 @@ def iter_images(rec, idx):
     size = os.path.getsize(rec)
     with open(rec, "rb") as f:
         for key, offset in _read_idx(idx):
-            image = cv2.imdecode(np.frombuffer(_record_payload(f, offset, size)[_IRHEADER.size:], np.uint8),
-                                 cv2.IMREAD_COLOR)
+            parts, _ = _record_parts(f, offset, size) or ([], None)
+            payload = _read_payload(f, parts)[_IRHEADER.size:]
+            image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
             if image is None or image.size == 0:
                 raise UserError(f"{rec}: the image of record {key} (byte {offset}) does not decode; "
                                 f"repack the set with prepare_data.sh")
             yield key, image
 
 
-def _record_payload(f, offset, size):
-    """The whole payload of the (header-checked) record at `offset`, its parts joined."""
-    parts, pos = [], offset
-    while True:
-        f.seek(pos)
-        magic, lrecord = struct.unpack("<II", f.read(8))
-        length, part = lrecord & _LENGTH_MASK, lrecord >> 29
-        if parts:
-            parts.append(struct.pack("<I", _MAGIC))  # the magic word a split dropped
-        parts.append(f.read(length))
-        if part in (0, 3):
-            return b"".join(parts)
-        pos += 8 + (length + 3) // 4 * 4
-
-
 def _record_extent(f, offset, size):
     """(the first IRHeader-size payload bytes of the record at `offset`, the byte
-    after its last part), or (None, None).
+    after its last part), or (None, None) for a corrupt or truncated record."""
+    found = _record_parts(f, offset, size)
+    if found is None:
+        return None, None
+    parts, end = found
+    return _read_payload(f, parts, _IRHEADER.size), end
+
+
+def _record_parts(f, offset, size):
+    """([(payload position, length) of each part], the byte after the last part) of the
+    record at `offset`, or None if it starts badly or runs past `size`.
 
     dmlc RecordIO splits a record whose payload holds the magic word at a 4-byte
     boundary into parts (continuation flag 1, then 2..., last 3), dropping those
     magic words; every part is walked and bound-checked, since MXNet would only
     fail mid-epoch on a part cut short.
     """
-    payload, pos = b"", offset
+    parts, pos = [], offset
     while True:
         f.seek(pos)
         head = f.read(8)
         if len(head) < 8:
-            return None, None
+            return None
         magic, lrecord = struct.unpack("<II", head)
         length, part = lrecord & _LENGTH_MASK, lrecord >> 29
         end = pos + 8 + (length + 3) // 4 * 4  # parts are padded to 4 bytes
         if magic != _MAGIC or end > size or (pos == offset) != (part in (0, 1)):
-            return None, None
-        if len(payload) < _IRHEADER.size:
-            joint = struct.pack("<I", _MAGIC) if pos != offset else b""
-            payload += joint + f.read(min(length, _IRHEADER.size))
+            return None
+        parts.append((pos + 8, length))
         if part in (0, 3):
-            return payload, end
+            return parts, end
         pos = end
+
+
+def _read_payload(f, parts, limit=None):
+    """The payload of a record's _record_parts, the dropped magic words put back between
+    parts; only its first `limit` bytes when given."""
+    payload = b""
+    for index, (pos, length) in enumerate(parts):
+        if limit is not None and len(payload) >= limit:
+            break
+        f.seek(pos)
+        joint = struct.pack("<I", _MAGIC) if index else b""
+        payload += joint + f.read(length if limit is None else min(length, limit))
+    return payload
 
 
 def _read_idx(idx):
