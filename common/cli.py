@@ -7,7 +7,6 @@ codes.
 """
 import argparse
 import collections
-import gc
 import logging
 import math
 import os
@@ -341,16 +340,6 @@ def logging_failures(function, *args):
 def run_entry(main, prog, argv=None):
     """Run `main(argv)`; report UserError/OSError as one line. Returns the exit status."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # venv.ensure's, for the imports
-    status = _status_of(main, prog, argv)
-    # A re-raised exception's traceback holds a reference cycle to the frames it left
-    # (and to their MXNet objects); collected only at interpreter shutdown, a dist
-    # kvstore would then say goodbye to its peers after MXNet's engine has stopped, and
-    # abort. Collected now, it closes like one whose run ended normally.
-    gc.collect()
-    return status
-
-
-def _status_of(main, prog, argv):
     try:
         result = main(argv)
     except REPORTED as exc:

@@ -6,7 +6,6 @@ do, which is how this project is tested on machines without a GPU.
 """
 import argparse
 import os
-import signal
 
 from .cli import NoGPUBuild, UserError, positive_int
 
@@ -84,15 +83,4 @@ def create_kvstore(kind):
     if launched and not kind.startswith("dist"):
         raise UserError(f"--kv-store {kind}: this process was started by launch.py (DMLC_ROLE={launched}), "
                         f"whose workers must train together; valid: dist_sync, dist_device_sync")
-    if not kind.startswith("dist"):
-        return mx.kv.create(kind)
-    # ps-lite's threads start here. A stop signal delivered to one of them interrupts
-    # its socket call, and the store later aborts the process ("terminate called
-    # without an active exception"): they inherit a mask that blocks those signals,
-    # so that the kernel hands them to the main thread, where Python handles them.
-    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    try:
-        return mx.kv.create(kind)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    return mx.kv.create(kind)
