@@ -49,23 +49,22 @@ class DistSync:
         for name in self._aux:
             kv.init(_AUX_KEY + name, mx.nd.zeros(aux_shapes[name]))
 
+    def _sum(self, key, value):
+        """The sum over the workers of each one's `value` under `key` (collective)."""
+        import mxnet as mx
+        total = mx.nd.zeros(value.shape)
+        self.kv.push(key, value)
+        self.kv.pull(key, out=total)
+        return total
+
     def any(self, flag):
         """True on every worker if `flag` is true on any of them."""
         import mxnet as mx
-        total = mx.nd.zeros((1,))
-        self.kv.push(_STOP_KEY, mx.nd.array([1.0 if flag else 0.0]))
-        self.kv.pull(_STOP_KEY, out=total)
-        return total.asscalar() > 0
+        return self._sum(_STOP_KEY, mx.nd.array([1.0 if flag else 0.0])).asscalar() > 0
 
     def mean_aux(self, aux_params):
         """{name: array}: the mean over the workers of each worker's `aux_params`."""
-        import mxnet as mx
-        out = {}
-        for name in self._aux:
-            out[name] = mx.nd.zeros(aux_params[name].shape)
-            self.kv.push(_AUX_KEY + name, aux_params[name])
-            self.kv.pull(_AUX_KEY + name, out=out[name])
-        return {name: array / self.kv.num_workers for name, array in out.items()}
+        return {name: self._sum(_AUX_KEY + name, aux_params[name]) / self.kv.num_workers for name in self._aux}
 
     def with_worker_aux(self, aux_params):
         """aux_params plus every other worker's own, as 'workerR/NAME' (for a mid-epoch
@@ -76,17 +75,15 @@ class DistSync:
             for name in self._aux:
                 # The servers sum: only `rank` pushes its values, the others zeros.
                 mine = aux_params[name] if rank == self.kv.rank else mx.nd.zeros(aux_params[name].shape)
-                total = mx.nd.zeros(mine.shape)
-                self.kv.push(_AUX_KEY + name, mine)
-                self.kv.pull(_AUX_KEY + name, out=total)
+                total = self._sum(_AUX_KEY + name, mine)
                 if rank:
                     out[f"worker{rank}/{name}"] = total
         return out
 
     def share_params(self, module):
         """Every worker takes rank 0's parameters (those its kv.init stored) before training."""
-        arg_params, aux_params = module.get_params()
         import mxnet as mx
+        arg_params, aux_params = module.get_params()
         shared = {}
         for name, array in arg_params.items():
             shared[name] = mx.nd.zeros(array.shape, dtype=array.dtype)
