@@ -120,6 +120,14 @@ def preprocess(path, resize, image_shape):
     resize: shorter side in px before cropping (0: keep), as prepare_data.sh packs.
     image_shape: (3, H, W). Raises UnreadableImage naming the file and the reason.
     """
+    _, height, width = image_shape
+    image = load_resized(path, resize, image_shape)
+    return network_input(center_crop(fit_to_crop(image, height, width), height, width))
+
+
+def load_resized(path, resize, image_shape):
+    """An image file decoded (BGR) and resized as packing does, before any crop: what
+    preprocess crops, and what test-time augmentation takes its views of."""
     channels, height, width = image_shape
     if channels != 3:
         raise UserError(f"--image-shape {channels},{height},{width}: only 3-channel (RGB) input "
@@ -127,8 +135,7 @@ def preprocess(path, resize, image_shape):
     image, reason = decode_image(path)
     if reason:
         raise UnreadableImage(path, reason)
-    image = center_crop(fit_to_crop(resize_shorter(image, resize), height, width), height, width)
-    return network_input(image)
+    return resize_shorter(image, resize)
 
 
 def network_input(crop):

@@ -85,7 +85,7 @@ def test_predict_tta_ranks_by_the_averaged_probabilities(run, model):
     assert result.returncode == 0, result.stderr
     ranked = json.loads(result.stdout)[0]["top_k"]
     # predict.py's resize comes from the training data's summary: the packed shorter side
-    expected = tta.average_views(model, [tta.file_image(path, trainkit.RESIZE)])[0]
+    expected = tta.average_views(model, [transforms.load_resized(path, trainkit.RESIZE, SHAPE)])[0]
     assert [r["label"] for r in ranked] == list(np.argsort(-expected, kind="stable"))
     np.testing.assert_allclose([r["probability"] for r in ranked], np.sort(expected)[::-1], atol=2e-6)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import tta
 from .model import forward
-from ..transforms import IMAGE_EXTENSIONS, UnreadableImage, preprocess
+from ..transforms import IMAGE_EXTENSIONS, UnreadableImage, load_resized, preprocess
 
 
 def find_images(paths):
@@ -68,7 +68,7 @@ def forward_files(model, files, resize, tta_scales=None):
         chunk, arrays, failed = files[start:start + model.batch_size], [], {}
         for path in chunk:
             try:
-                arrays.append(tta.file_image(path, resize) if tta_scales else
+                arrays.append(load_resized(path, resize, model.image_shape) if tta_scales else
                               preprocess(path, resize, model.image_shape))
             except UnreadableImage as exc:
                 failed[path] = exc.reason

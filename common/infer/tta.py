@@ -14,7 +14,7 @@ import numpy as np
 from .model import forward
 from ..cli import UserError, progress
 from ..records import iter_images
-from ..transforms import TTA_CROPS, UnreadableImage, decode_image, resize_shorter, tta_views
+from ..transforms import TTA_CROPS, tta_views
 
 
 def scale_list(text):
@@ -62,14 +62,6 @@ def record_probabilities(model, record_set, **views):
     """(N, C) TTA probabilities of every record of a checked RecordSet, in .idx order."""
     images = (image for _, image in iter_images(record_set.rec, record_set.idx))
     return average_views(model, progress(images, total=len(record_set), desc="tta", unit="img"), **views)
-
-
-def file_image(path, resize):
-    """An image file decoded and resized as preprocess does, before its crop; raises UnreadableImage."""
-    image, reason = decode_image(path)
-    if reason:
-        raise UnreadableImage(path, reason)
-    return resize_shorter(image, resize)
 
 
 def add_tta_args(group):
