@@ -28,13 +28,15 @@ class Score:
     """Evaluation of a model over every image of a set, each counted once.
 
     figures: summarize's dict; counts/hits: (C,) images and top-1 hits per true
-    class; matrix: (C, C) counts, rows true; seconds: wall time.
+    class; matrix: (C, C) counts, rows true; seconds: wall time; probs: the (N, C)
+    probabilities it was computed from, in record order (an ensemble averages them).
     """
     figures: dict
     counts: np.ndarray
     hits: np.ndarray
     matrix: np.ndarray
     seconds: float
+    probs: np.ndarray = None
 
 
 def evaluate_set(module, record_set, *, image_shape, batch_size, threads, num_classes, top_k):
@@ -47,9 +49,14 @@ def evaluate_set(module, record_set, *, image_shape, batch_size, threads, num_cl
     data_iter = record_iter(record_set, image_shape=image_shape, batch_size=batch_size, train=False,
                             threads=threads)
     probs, labels = predict_probabilities(module, data_iter, record_set.labels)
+    return score_probabilities(probs, labels, num_classes, top_k, time.time() - tic)
+
+
+def score_probabilities(probs, labels, num_classes, top_k, seconds=0.0):
+    """The Score of (N, C) probabilities against (N,) labels; seconds: what computing them took."""
     counts, hits = per_class_accuracy(probs, labels, num_classes)
     return Score(summarize(probs, labels, num_classes, top_k), counts, hits,
-                 confusion_matrix(probs, labels, num_classes), time.time() - tic)
+                 confusion_matrix(probs, labels, num_classes), seconds, probs)
 
 
 def resolve_top_k(given, default, num_classes):

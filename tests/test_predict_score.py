@@ -383,12 +383,13 @@ def test_score_writes_one_report_folder_per_set_and_rescoring_replaces_it(run, t
 
 def test_score_never_overwrites_the_report_of_another_set(run, tmp_path):
     out_dir = tmp_path / "report"
-    argv = ["--model-prefix", run.prefix, "--epoch", EPOCHS, "--out-dir", out_dir]
-    first = run_script("score.py", *argv, "--data-val", run.val_rec)
+    argv = ["--model-prefix", run.prefix, "--out-dir", out_dir]
+    first = run_script("score.py", *argv, "--epoch", EPOCHS, "--data-val", run.val_rec)
     assert first.returncode == 0, first.stderr
     before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
     train_rec = run.val_rec.replace("-val.rec", "-train.rec")
-    for other in (["--data-val", train_rec], ["--data-val", run.val_rec, "--epoch", "3"]):
+    # (--epoch is given once: a second --epoch would pair with a second --model-prefix, an ensemble)
+    for other in (["--epoch", EPOCHS, "--data-val", train_rec], ["--epoch", "3", "--data-val", run.val_rec]):
         result = run_script("score.py", *argv, *other)
         assert result.returncode == 1
         line = result.stderr.strip()

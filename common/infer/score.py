@@ -1,11 +1,12 @@
 """score.py's reports (score.json, per_class.csv, confusion.csv, confusion.png) and the
 checks that keep them honest: the scored set has the model's classes, and a report
-never overwrites the report of another checkpoint or set."""
+never overwrites the report of another checkpoint, ensemble or set."""
+import json
 import logging
 import os
 
 from ..cli import UserError
-from ..fsutil import read_json, write_json_atomic
+from ..fsutil import read_json, text_digest, write_json_atomic
 from . import settings
 from ..records import check_same_classes, class_list_path
 from ..report import plot_confusion, write_confusion_csv, write_per_class_csv
@@ -15,25 +16,36 @@ log = logging.getLogger(__name__)
 REPORT_FILES = ("score.json", "per_class.csv", "confusion.csv", "confusion.png")
 
 
-def default_out_dir(prefix, epoch, rec, shape):
+def default_out_dir(members, rec):
     """PREFIX-score-EPOCH-SET (SET: the .rec's name): one folder per checkpoint and set,
-    with -CxHxW added for an --image-shape other than the training run's.
+    with -CxHxW added for an --image-shape other than the training run's. An ensemble's
+    is PREFIX-ensembleK-DIGEST-score-SET beside its first member, DIGEST naming the
+    members (each prefix, epoch and input shape, in order).
 
-    shape: settings.Setting of the input shape; recorded: the run's PREFIX-args.json.
+    members: ensemble.Member list (one: a single checkpoint).
     """
     name = os.path.basename(rec)
-    folder = f"{prefix}-score-{epoch:04d}-{name[:-4] if name.endswith('.rec') else name}"
-    if shape.source == "--image-shape":
-        recorded = settings.recorded_args(prefix).get("image_shape")
-        if list(shape.value) != recorded:
-            folder += "-" + "x".join(map(str, shape.value))
+    name = name[:-4] if name.endswith(".rec") else name
+    first = members[0]
+    if len(members) > 1:
+        digest = text_digest(json.dumps([m.identity() for m in members]))[:8]
+        return f"{first.prefix}-ensemble{len(members)}-{digest}-score-{name}"
+    folder = f"{first.prefix}-score-{first.epoch:04d}-{name}"
+    if first.shape.source == "--image-shape":
+        recorded = settings.recorded_args(first.prefix).get("image_shape")
+        if list(first.shape.value) != recorded:
+            folder += "-" + "x".join(map(str, first.shape.value))
     return folder
 
 
-def report_identity(prefix, epoch, rec, image_shape):
-    """What a report is of, as score.json records it (absolute paths)."""
-    return {"model_prefix": os.path.abspath(prefix), "epoch": epoch, "data_val": os.path.abspath(rec),
-            "image_shape": list(image_shape)}
+def report_identity(members, rec):
+    """What a report is of, as score.json records it (absolute paths): one checkpoint's
+    prefix, epoch and input shape, or an ensemble's list of them ("ensemble")."""
+    if len(members) > 1:
+        return {"ensemble": [m.identity() for m in members], "data_val": os.path.abspath(rec)}
+    first = members[0]
+    return {"model_prefix": os.path.abspath(first.prefix), "epoch": first.epoch, "data_val": os.path.abspath(rec),
+            "image_shape": list(first.shape.value)}
 
 
 def check_out_dir(out_dir, identity):
@@ -44,12 +56,24 @@ def check_out_dir(out_dir, identity):
     existing = read_json(os.path.join(out_dir, "score.json"))
     theirs = {key: existing.get(key) for key in identity} if isinstance(existing, dict) else None
     if theirs == identity:
-        return  # the same checkpoint on the same set: scoring again replaces it
-    what = (f"the report of {theirs['model_prefix']} epoch {theirs['epoch']} on {theirs['data_val']} "
-            f"at input {','.join(map(str, theirs['image_shape'] or ['?']))}" if theirs
-            else f"{', '.join(found)} of another program")
+        return  # the same checkpoint (or ensemble) on the same set: scoring again replaces it
+    what = _described(existing) or f"{', '.join(found)} of another program"
     raise UserError(f"--out-dir {out_dir} already holds {what}; choose another --out-dir "
                     f"(nothing was overwritten)")
+
+
+def _described(report):
+    """'the report of PREFIX epoch E on SET at input C,H,W' (or of an ensemble), None if not ours."""
+    if not isinstance(report, dict) or "data_val" not in report:
+        return None
+    if isinstance(report.get("ensemble"), list):
+        members = "; ".join(f"{m.get('model_prefix')} epoch {m.get('epoch')}" for m in report["ensemble"]
+                            if isinstance(m, dict))
+        return f"the report of the ensemble of {members} on {report['data_val']}"
+    if "model_prefix" not in report:
+        return None
+    return (f"the report of {report['model_prefix']} epoch {report.get('epoch')} on {report['data_val']} "
+            f"at input {','.join(map(str, report.get('image_shape') or ['?']))}")
 
 
 def check_class_map(classes, rec):

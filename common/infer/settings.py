@@ -22,25 +22,32 @@ DEFAULT_IMAGE_SHAPE = (3, 224, 224)
 RESIZE_PER_CROP = (8, 7)
 
 
-def base_parser(prog, description, top_k_default, top_k_help, add_help=True):
-    """The parser predict.py and score.py share: checkpoint options and --top-k."""
+def base_parser(prog, description, top_k_default, top_k_help, add_help=True, several=False):
+    """The parser predict.py and score.py share: checkpoint options and --top-k.
+
+    several: --model-prefix and --epoch may be repeated (lists; see add_checkpoint_args).
+    """
     parser = OneLineArgumentParser(prog=prog, description=description, add_help=add_help,
                                    formatter_class=HelpFormatter)
-    add_checkpoint_args(parser)
+    add_checkpoint_args(parser, several=several)
     parser.add_argument("--top-k", metavar="K", type=positive_int,
                         help=f"{top_k_help} (default: {top_k_default}, or all classes if fewer)")
     return parser
 
 
-def add_checkpoint_args(parser, classes=True):
+def add_checkpoint_args(parser, classes=True, several=False):
     """The checkpoint argument group the inference scripts share (model, input, devices).
 
-    classes: also --classes (the names of the model's outputs).
+    classes: also --classes (the names of the model's outputs). several: each of
+    --model-prefix and --epoch may be given again (an ensemble) and parses to a list,
+    the i-th --epoch belonging to the i-th --model-prefix.
     """
     group = parser.add_argument_group("checkpoint")
-    group.add_argument("--model-prefix", metavar="PREFIX", required=True,
-                       help="checkpoint prefix: PREFIX-symbol.json and PREFIX-EPOCH.params")
-    group.add_argument("--epoch", metavar="N", type=nonnegative_int, required=True,
+    again = dict(action="append") if several else {}
+    more = "; repeat for an ensemble, each --model-prefix followed by its --epoch" if several else ""
+    group.add_argument("--model-prefix", metavar="PREFIX", required=True, **again,
+                       help=f"checkpoint prefix: PREFIX-symbol.json and PREFIX-EPOCH.params{more}")
+    group.add_argument("--epoch", metavar="N", type=nonnegative_int, required=True, **again,
                        help="checkpoint epoch (0 for the model zoo's files)")
     if classes:
         group.add_argument("--classes", metavar="FILE",

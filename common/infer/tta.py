@@ -12,6 +12,7 @@ import argparse
 import numpy as np
 
 from .model import forward
+from .. import evaluate
 from ..cli import UserError, progress
 from ..records import iter_images
 from ..transforms import TTA_CROPS, tta_views
@@ -62,6 +63,12 @@ def record_probabilities(model, record_set, **views):
     """(N, C) TTA probabilities of every record of a checked RecordSet, in .idx order."""
     images = (image for _, image in iter_images(record_set.rec, record_set.idx))
     return average_views(model, progress(images, total=len(record_set), desc="tta", unit="img"), **views)
+
+
+def summarize(probs, labels, num_classes, top_k, scales):
+    """score.json's "tta": the figures of TTA probabilities (N, C), with the views they averaged."""
+    return dict(evaluate.summarize(probs, labels, num_classes, top_k), views=views_per_image(scales),
+                scales=list(scales))
 
 
 def add_tta_args(group):
