@@ -24,7 +24,7 @@ import sys
 from common import cli, devices, evaluate, records
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, loop, modes, preempt, resume, schedule
+from common.train import callbacks, kfold, loop, modes, preempt, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -49,6 +49,7 @@ def get_parser():
     records.add_data_args(parser)
     schedule.add_schedule_args(parser)
     loop.add_fit_args(parser)
+    kfold.add_kfold_args(parser)
     parser.set_defaults(**RECIPE)
     return parser
 
@@ -61,7 +62,18 @@ def main(argv=None):
              extra=cli.FILE_ONLY)
     plan = schedule.schedule_from_args(args)
     preempt.check_requeue(args.requeue)
+    if args.kfold:
+        kfold.check_args(args)
     contexts, batch_size, dataset = _devices_and_data(args)
+    train = lambda run_args, data: _train_run(run_args, contexts, batch_size, data, plan)  # noqa: E731
+    if not args.kfold:
+        return _final(train(args, dataset), args.top_k)
+    val, fold_val_acc = kfold.run(args, dataset, train, contexts=contexts, batch_size=batch_size)
+    return _final(val, args.top_k, f" folds={args.kfold} fold_val_acc={fold_val_acc:.4f}")
+
+
+def _train_run(args, contexts, batch_size, dataset, plan):
+    """One training run (each --kfold fold is one): its last validation figures."""
     kv = devices.create_kvstore(args.kv_store)
     with watchdog.leaving_on_failure(kv, "train_caltech.py"), watchdog.job_watchdog(kv) as progress:
         return _run(args, contexts, batch_size, dataset, kv, plan, progress)
@@ -73,12 +85,12 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     mode = f"{args.mode}, frozen until {args.freeze_until}" if args.freeze_until else args.mode
     identity = resume.run_identity(network=args.network, mode=mode, dataset=dataset,
                                    image_shape=args.image_shape,
-                                   sampling="balanced" if args.balanced_sampling else None)
+                                   sampling="balanced" if args.balanced_sampling else None, fold=args.fold)
     start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
                                 num_epochs=args.num_epochs, rank=kv.rank)
     if start.batch == 0 and start.epoch >= args.num_epochs:
         log.info("%s has finished all %d epochs already: nothing to train", prefix, args.num_epochs)
-        return _final(start.manifest["val"], args.top_k)
+        return start.manifest["val"]
     net = modes.build_model(mode=args.mode, network=args.network, num_classes=dataset.num_classes,
                             image_shape=args.image_shape, dtype=args.dtype,
                             pretrained=args.pretrained_model, pretrained_epoch=args.pretrained_epoch,
@@ -94,12 +106,12 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     finally:
         if log_file is not None:
             cli.remove_log_file(log_file)
-    return _final(val, args.top_k)
+    return val
 
 
-def _final(val, top_k):
+def _final(val, top_k, more=""):
     print(f"final: val_acc={val['acc']:.4f} top{top_k}={val[f'top{top_k}']:.4f} "
-          f"mean_class_acc={val['mean_class_acc']:.4f}", flush=True)
+          f"mean_class_acc={val['mean_class_acc']:.4f}{more}", flush=True)
     return val
 
 

@@ -23,7 +23,7 @@ from ..fsutil import file_digest, text_digest, write_json_atomic
 log = logging.getLogger(__name__)
 
 # What makes a checkpoint part of a run: another value is another run.
-IDENTITY = ("network", "mode", "num_classes", "classes_sha256", "data_sha256", "image_shape", "sampling")
+IDENTITY = ("network", "mode", "num_classes", "classes_sha256", "data_sha256", "image_shape", "sampling", "fold")
 
 
 @dataclasses.dataclass
@@ -40,13 +40,14 @@ class Start:
     manifest: dict = None
 
 
-def run_identity(*, network, mode, dataset, image_shape, sampling=None):
+def run_identity(*, network, mode, dataset, image_shape, sampling=None, fold=None):
     """The IDENTITY values of a run on `dataset` (records.Dataset); sampling: None (every
-    image once an epoch: what manifests without the key mean) or 'balanced'."""
+    image once an epoch: what manifests without the key mean) or 'balanced'; fold: None
+    (what manifests without the key mean), or a --kfold fold's {"index", "k", "seed"}."""
     return {"network": network, "mode": mode, "num_classes": dataset.num_classes,
             "classes_sha256": text_digest("\n".join(dataset.classes)),
             "data_sha256": {"train": file_digest(dataset.train.idx), "val": file_digest(dataset.val.idx)},
-            "image_shape": list(image_shape), "sampling": sampling}
+            "image_shape": list(image_shape), "sampling": sampling, "fold": fold}
 
 
 def choose_start(prefix, identity, *, load_epoch, restart, num_epochs, rank=0):
