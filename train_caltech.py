@@ -24,7 +24,7 @@ import sys
 from common import cli, devices, evaluate, records
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, kfold, loop, modes, preempt, resume, schedule
+from common.train import callbacks, heads, kfold, loop, modes, preempt, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -49,6 +49,7 @@ def get_parser():
     records.add_data_args(parser)
     schedule.add_schedule_args(parser)
     loop.add_fit_args(parser)
+    heads.add_head_args(parser)
     kfold.add_kfold_args(parser)
     parser.set_defaults(**RECIPE)
     return parser
@@ -60,6 +61,10 @@ def main(argv=None):
     cli.setup_logging(log_file_later=True)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
              extra=cli.FILE_ONLY)
+    heads.check_cache_args(mode=args.mode, cache=args.cache_features, mirror=args.cache_mirror,
+                           cache_dir=args.feature_cache, kv_store=args.kv_store, head=args.head)
+    if args.head != "fc":
+        args.num_epochs = 1  # a fitted head has one "epoch": the checkpoint it is committed as
     plan = schedule.schedule_from_args(args)
     preempt.check_requeue(args.requeue)
     if args.kfold:
@@ -81,8 +86,9 @@ def _train_run(args, contexts, batch_size, dataset, plan):
 
 def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     prefix = args.model_prefix or os.path.join("model", f"{args.prefix}-{args.network}-{args.mode}")
-    # A frozen part is part of what the run is: resuming it under another freeze is another run.
-    mode = f"{args.mode}, frozen until {args.freeze_until}" if args.freeze_until else args.mode
+    # A frozen part or cached features are part of what the run is: resuming under others is another run.
+    mode = heads.mode_label(args.mode, freeze_until=args.freeze_until, cache=args.cache_features,
+                            mirror=args.cache_mirror, head=args.head)
     identity = resume.run_identity(network=args.network, mode=mode, dataset=dataset,
                                    image_shape=args.image_shape,
                                    sampling="balanced" if args.balanced_sampling else None, fold=args.fold)
@@ -102,11 +108,18 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
                          requeue=args.requeue, progress=progress, balanced=args.balanced_sampling)
     try:
-        val = cli.logging_failures(_train, net, dataset, contexts, kv, plan, cfg, start)
+        val = cli.logging_failures(_train, _trainer(args), net, dataset, contexts, kv, plan, cfg, start)
     finally:
         if log_file is not None:
             cli.remove_log_file(log_file)
     return val
+
+
+def _trainer(args):
+    """The function that trains: the epoch loop, or a head on cached features (common.train.heads)."""
+    spec = heads.CacheSpec(args.feature_cache or os.path.join(args.model_dir, "feature-cache"),
+                           args.layer_before_fullc, args.cache_mirror, args.dtype)
+    return heads.trainer(args.cache_features, spec, args.head)
 
 
 def _final(val, top_k, more=""):
@@ -132,11 +145,11 @@ def _devices_and_data(args):
     return contexts, batch_size, dataset
 
 
-def _train(net, dataset, contexts, kv, plan, cfg, start):
-    """loop.run's last validation figures; a callback's StopTraining ends the run early,
-    with the figures of the last epoch it finished."""
+def _train(train, net, dataset, contexts, kv, plan, cfg, start):
+    """train's (loop.run's, heads.trainer's) last validation figures; a callback's StopTraining
+    ends the run early, with the figures of the last epoch it finished."""
     try:
-        return loop.run(net, dataset, contexts, kv, plan, cfg, start).val
+        return train(net, dataset, contexts, kv, plan, cfg, start).val
     except callbacks.StopTraining as stop:
         if stop.last is None:
             raise cli.UserError(f"training stopped before its first epoch ended: {stop}") from None

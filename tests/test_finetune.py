@@ -56,8 +56,8 @@ def bound_module(net, image_shape, batch_size=2, contexts=None):
     """The Module the trainer builds, with its parameters set the trainer's way."""
     cfg = loop.RunConfig(prefix="unused", batch_size=batch_size, image_shape=image_shape, data_threads=1,
                          top_k=1, disp_batches=1, seed=0)
-    module = loop._bind(net, contexts or [mx.cpu()], cfg)  # pylint: disable=protected-access
-    loop._start(module, net, cfg, resume.Start())  # pylint: disable=protected-access
+    module = loop.bind(net, contexts or [mx.cpu()], cfg)
+    loop.start_params(module, net, cfg, resume.Start())
     return module
 
 
@@ -134,7 +134,7 @@ def test_zoo_checkpoint_module_starts_from_the_checkpoint(zoo_model, zoo_checkpo
     assert not not_bit_equal(args, {n: zoo_checkpoint.args[n] for n in zoo_model.arg_params})
     assert not not_bit_equal(aux, zoo_checkpoint.aux)
     # get_params() can return host-side copies; the executor's arrays are what runs.
-    executor = module._exec_group.execs[0]  # pylint: disable=protected-access
+    executor = module._exec_group.execs[0]
     assert not not_bit_equal(executor.arg_dict, {n: zoo_checkpoint.args[n] for n in zoo_model.arg_params})
     assert not not_bit_equal(executor.aux_dict, zoo_checkpoint.aux)
     # The head was initialized (Xavier), not left at zero.

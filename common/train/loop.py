@@ -117,14 +117,8 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     start's checkpoint, if any, was verified by resume.find_start: its .states
     file is unpickled here only because its manifest vouched for it.
     """
-    module = _bind(model, contexts, cfg)
-    _start(module, model, cfg, start, rank=kv.rank)
-    epoch_size = sched.updates_per_epoch(len(dataset.train), cfg.batch_size, kv.num_workers)
-    sync = _init_optimizer(module, kv, schedule, cfg, begin_update=start.epoch * epoch_size + start.batch,
-                           epoch_size=epoch_size)
-    if start.tag is not None:
-        module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
-
+    module = bind(model, contexts, cfg)
+    start_params(module, model, cfg, start, rank=kv.rank)
     parts = sampling.EpochParts(dataset.train, rank=kv.rank, num_workers=kv.num_workers, balanced=cfg.balanced)
     parts = parts if parts.needed else None
 
@@ -139,11 +133,26 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
                                      batch_size=cfg.batch_size, threads=cfg.data_threads,
                                      num_classes=dataset.num_classes, top_k=cfg.top_k).figures
 
+    with parts or contextlib.nullcontext():
+        return train_module(module, kv, schedule, cfg, start, num_examples=len(dataset.train),
+                            train_data=train_data, validate=validate)
+
+
+def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate):
+    """The epochs of a bound, initialized `module`, with the optimizer, the callbacks and
+    the preemption handling of every run; returns the last EpochEnd.
+
+    num_examples: training images an epoch; train_data(epoch), validate(module): as fit's.
+    """
+    epoch_size = sched.updates_per_epoch(num_examples, cfg.batch_size, kv.num_workers)
+    sync = _init_optimizer(module, kv, schedule, cfg, begin_update=start.epoch * epoch_size + start.batch,
+                           epoch_size=epoch_size)
+    if start.tag is not None:
+        module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
     commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
                                                   gather_aux=sync and sync.with_worker_aux)
     # Rank 0 alone requeues a dist job: once for the job, not once per worker.
-    with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops, \
-            parts or contextlib.nullcontext():
+    with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops:
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
                                                  preemption=stops)
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
@@ -163,8 +172,6 @@ def _init_optimizer(module, kv, schedule, cfg, *, begin_update, epoch_size):
     sync = dist.DistSync(kv, _param_shapes(module.symbol, cfg.image_shape)[1])
     sync.share_params(module)
     return sync
-
-
 
 
 def _partial(start):
@@ -304,7 +311,8 @@ def epoch_record(epoch, metric, val, lr, images, seconds):
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
 
 
-def _bind(model, contexts, cfg):
+def bind(model, contexts, cfg):
+    """A training Module of model.symbol on `contexts`, bound for cfg's batch and input shape."""
     import mxnet as mx
     module = mx.mod.Module(model.symbol, context=contexts, fixed_param_names=model.fixed or None)
     module.bind(data_shapes=[("data", (cfg.batch_size,) + tuple(cfg.image_shape))],
@@ -318,7 +326,7 @@ def _param_shapes(symbol, image_shape):
     return args, dict(zip(symbol.list_auxiliary_states(), aux_shapes))
 
 
-def _start(module, model, cfg, start, rank=0):
+def start_params(module, model, cfg, start, rank=0):
     """Initialize fresh, or load the checkpoint `start` names (verified by find_start).
 
     rank: the kvstore rank, whose own BatchNorm statistics a mid-epoch checkpoint of
