@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: test test-slurm demo bench clean-venv
 
 # One install of everything (the tests run the demo too), so that requirements.txt's
-# numpy<1.24 pin holds for scikit-learn as well.
-$(STAMP): requirements.txt requirements-test.txt requirements-demo.txt
+# numpy<1.24 pin holds for every package.
+$(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $@

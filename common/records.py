@@ -53,10 +53,16 @@ def add_data_args(parser):
 
 @dataclasses.dataclass
 class RecordSet:
-    """A checked .rec/.idx pair: path, idx path, and its labels in record order."""
+    """A checked .rec/.idx pair: path, idx path, and its labels in record order.
+
+    subset_of: (RecordSet, positions) when its records are byte copies of another
+    set's at those positions (write_subset), so what is computed per record of
+    that set serves this one (the K-fold sets share the training set's cached features).
+    """
     rec: str
     idx: str
     labels: np.ndarray
+    subset_of: tuple = None
 
     def __len__(self):
         return len(self.labels)
@@ -280,7 +286,13 @@ def write_subset(record_set, positions, stem):
             src.seek(offset)
             idx.write(f"{key}\t{rec.tell()}\n")
             rec.write(src.read(end - offset))
-    return RecordSet(stem + ".rec", stem + ".idx", record_set.labels[np.asarray(positions, dtype=np.int64)])
+    return subset_record_set(record_set, positions, stem)
+
+
+def subset_record_set(record_set, positions, stem):
+    """The RecordSet of stem.rec/.idx, which write_subset filled from record_set's `positions`."""
+    positions = np.asarray(positions, dtype=np.int64)
+    return RecordSet(stem + ".rec", stem + ".idx", record_set.labels[positions], subset_of=(record_set, positions))
 
 
 def check_images(rec, idx, count):

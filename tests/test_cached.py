@@ -85,10 +85,12 @@ def test_cached_rows_are_the_networks_own_features_and_mirrors(cached_run, cache
     assert described["fingerprint"]["rec_sha256"] == file_digest(data.val.rec)
 
 
-def test_every_fingerprint_field_changes_the_file_name(tmp_path):
-    base = {"version": 1, "symbol_sha256": "a", "params_sha256": "b", "layer": "flatten0", "image_shape": [3, 16, 16],
-            "dtype": "float32", "pipeline": "p", "rec": "/x.rec", "rec_sha256": "c", "idx_sha256": "d",
-            "records": 10, "mirror": False}
+def test_every_fingerprint_field_changes_the_file_name(tmp_path, data_dir):
+    backbone = {"version": 1, "symbol_sha256": "a", "params_sha256": "b", "layer": "flatten0",
+                "image_shape": [3, 16, 16], "dtype": "float32", "pipeline": "p"}
+    base = dict(backbone, rec="/x.rec", rec_sha256="c", idx_sha256="d", records=10, mirror=False)
+    # These are the fields a set's fingerprint has.
+    assert set(featurecache.set_fingerprint(backbone, dataset(data_dir).train, False)) == set(base)
     name = featurecache.cache_paths(str(tmp_path), "train", base)[0]
     for key, other in (("symbol_sha256", "z"), ("params_sha256", "z"), ("layer", "pool1"), ("image_shape", [3, 8, 8]),
                        ("dtype", "float16"), ("pipeline", "q"), ("rec_sha256", "z"), ("idx_sha256", "z"),
@@ -128,6 +130,28 @@ def test_another_backbone_gets_its_own_cache_and_another_head_does_not(data_dir,
     other = dict(pretrained, epoch=pretrained["epoch"] - 1)
     cached_train(data_dir, tmp_path / "other", other, cache_dir, "--cache-features", epochs=1)
     assert len(set(cache_files(cache_dir, "train")) - before) == 1
+
+
+def test_every_kfold_fold_reads_the_training_sets_cache(data_dir, pretrained, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cached_train(data_dir, tmp_path / "whole", pretrained, cache, "--cache-features", epochs=1)
+    (whole_npy,), val_files = cache_files(cache, "train"), cache_files(cache, "val")
+    computed, seen = [], []
+    real_compute, real_epoch_rows = featurecache.compute_rows, heads.epoch_rows
+    monkeypatch.setattr(featurecache, "compute_rows", lambda *a, **k: computed.append(k["desc"]) or real_compute(*a, **k))
+    monkeypatch.setattr(heads, "epoch_rows", lambda features, *a, **k: seen.append(features.train) or
+                        real_epoch_rows(features, *a, **k))
+    stdout = cached_train(data_dir, tmp_path / "kfold", pretrained, cache, "--cache-features", "--kfold", "2",
+                          epochs=1)
+    assert "folds=2" in stdout
+    # Neither fold computed features or cached new ones: both took the whole training set's rows.
+    assert computed == [] and cache_files(cache, "train") == [whole_npy] and cache_files(cache, "val") == val_files
+    whole = np.load(whole_npy)
+    folds = json.load(open(f"{tmp_path / 'kfold'}-kfold.json"))["folds"]
+    assert [len(rows) for rows in seen] == [fold["train_images"] for fold in folds]
+    for rows in seen:  # the fold's records' rows of the whole set, each once
+        matches = [np.flatnonzero((whole == row).all(1)) for row in rows]
+        assert all(len(m) >= 1 for m in matches) and len({int(m[0]) for m in matches}) == len(rows)
 
 
 # --- a cached run ------------------------------------------------------------------------------

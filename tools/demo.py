@@ -48,7 +48,7 @@ def write_digits(root, digits):
         from sklearn.datasets import load_digits
     except ImportError:
         raise UserError("scikit-learn is not installed: run `make demo`, which installs "
-                        "requirements-demo.txt into .venv") from None
+                        "requirements.txt into .venv") from None
     data = load_digits()
     counts = {}
     for digit in digits:

@@ -134,6 +134,9 @@ def cached_features(model, dataset, spec, *, image_shape, contexts, batch_size, 
                                          desc=f"features {'mirrored ' if mirror else ''}"
                                               f"{record_set.rec.rsplit('/', 1)[-1]}")
     def rows(role, record_set, mirror=False):
+        if record_set.subset_of is not None:  # a K-fold set: its records are the training set's
+            parent, positions = record_set.subset_of
+            return rows(role, parent, mirror)[positions]
         return featurecache.rows_for(role, record_set, backbone=fingerprint, cache_dir=spec.cache_dir,
                                      mirror=mirror, compute=compute)
     tic = time.time()

@@ -97,7 +97,7 @@ def _write_set(train, positions, keys, paths, stem):
                   for p in positions)
     done = os.path.isfile(stem + ".lst") and open(stem + ".lst", encoding="utf-8").read() == lst
     if done and os.path.isfile(stem + ".rec") and os.path.isfile(stem + ".idx"):
-        return records.RecordSet(stem + ".rec", stem + ".idx", train.labels[positions])
+        return records.subset_record_set(train, positions, stem)
     if os.path.exists(stem + ".lst"):
         os.remove(stem + ".lst")
     subset = records.write_subset(train, positions, stem)
