@@ -25,6 +25,9 @@ MODES = ("full", "last-layer", "scratch")
 # One optimizer for every run, so the table compares starting points only.
 SGD = {"lr": 0.05, "mom": 0.9, "wd": 0.0001}
 _FINAL = re.compile(r"final: val_acc=([\d.]+) top(\d+)=([\d.]+) mean_class_acc=([\d.]+)")
+_FOLDS = re.compile(r" folds=(\d+) fold_val_acc=([\d.]+)")
+_TTA = re.compile(r"^score: acc=([\d.]+) .* tta_acc=([\d.]+)", re.M)
+KFOLD = 3  # the toolbox table's ensemble
 
 
 def get_parser():
@@ -84,27 +87,42 @@ def prepare(out, name, digits, train_per_class, seed):
     return data
 
 
-def train(out, data, name, mode, epochs, cpus, seed, *extra):
-    """One train_caltech.py run; returns (figures dict, seconds)."""
-    prefix = os.path.join(out, "model", f"{name}-{mode}")
-    batch = demo_batch(data, name, cpus)
+def train(out, data, name, mode, epochs, cpus, seed, *extra, run_name=None, share=1.0):
+    """One train_caltech.py run under PREFIX out/model/NAME-RUN_NAME (RUN_NAME: the mode
+    unless given); share: the part of the training set each model trains on (K-fold).
+    Returns (figures dict, seconds)."""
+    run_name = run_name or mode
+    prefix = os.path.join(out, "model", f"{name}-{run_name}")
+    batch = demo_batch(data, name, cpus, share)
     tic = time.time()
     stdout = run([sys.executable, "train_caltech.py", "--data-dir", data, "--prefix", name,
                   "--network", NETWORK, "--image-shape", IMAGE_SHAPE, "--mode", mode,
                   "--num-epochs", str(epochs), "--cpus", str(cpus), "--batch-size", str(batch),
                   "--top-k", "2", "--seed", str(seed), "--model-prefix", prefix,
-                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{mode}.log"))
-    match = _FINAL.search(stdout)
-    acc, k, topk, mean_class = match.groups()
-    return {"prefix": prefix, "acc": float(acc), f"top{k}": float(topk),
-            "mean_class_acc": float(mean_class)}, time.time() - tic
+                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{run_name}.log"))
+    acc, k, topk, mean_class = _FINAL.search(stdout).groups()
+    figures = {"prefix": prefix, "acc": float(acc), f"top{k}": float(topk), "mean_class_acc": float(mean_class)}
+    folds = _FOLDS.search(stdout)
+    if folds:
+        figures["fold_val_acc"] = float(folds.group(2))
+    return figures, time.time() - tic
 
 
-def demo_batch(data, name, cpus):
-    """16 images per context, but no more than the training set holds (split evenly)."""
+def demo_batch(data, name, cpus, share=1.0):
+    """16 images per context, but no more than `share` of the training set holds (split evenly)."""
     from common.prep.imagefolder import read_lst
-    images = len(read_lst(os.path.join(data, f"{name}-train.lst")))
+    images = int(len(read_lst(os.path.join(data, f"{name}-train.lst"))) * share)
     return min(16 * cpus, images - images % cpus)
+
+
+def score_tta(out, data, name, prefix, epoch, cpus):
+    """score.py --tta on the validation set; returns ((plain acc, TTA acc), seconds)."""
+    tic = time.time()
+    stdout = run([sys.executable, "score.py", "--model-prefix", prefix, "--epoch", str(epoch), "--data-val",
+                  os.path.join(data, f"{name}-val.rec"), "--top-k", "2", "--cpus", str(cpus), "--tta"],
+                 os.path.join(out, "score-tta.log"))
+    plain, tta = _TTA.search(stdout).groups()
+    return (float(plain), float(tta)), time.time() - tic
 
 
 def export_zoo(prefix, epoch, zoo_prefix):
@@ -142,20 +160,22 @@ def main(argv=None):
     fresh_folder(out)
     tic = time.time()
     sgd = [arg for key, value in SGD.items() for arg in (f"--{key}", str(value))]
-    print(f"[1/4] pretraining {NETWORK} on digits 0-4 (the demo's ImageNet) ...", flush=True)
+    print(f"[1/5] pretraining {NETWORK} on digits 0-4 (the demo's ImageNet) ...", flush=True)
     source = prepare(out, "digits04", SOURCE_DIGITS, 150, args.seed)
     pre, _ = train(out, source, "digits04", "scratch", args.pretrain_epochs, args.cpus, args.seed, *sgd)
     zoo = export_zoo(pre["prefix"], args.pretrain_epochs, os.path.join(out, "model", f"digits04-{NETWORK}"))
     print(f"      val_acc {pre['acc']:.4f} on digits 0-4; saved as zoo checkpoint {zoo}-0000.params")
-    print(f"[2/4] preparing digits 5-9 with {args.train_per_class} training images per class ...", flush=True)
+    print(f"[2/5] preparing digits 5-9 with {args.train_per_class} training images per class ...", flush=True)
     target = prepare(out, "digits59", TARGET_DIGITS, args.train_per_class, args.seed)
     results = {}
     for step, mode in enumerate(MODES, 1):
-        print(f"[3/4] fine-tuning, mode {mode} ({step}/{len(MODES)}) ...", flush=True)
+        print(f"[3/5] fine-tuning, mode {mode} ({step}/{len(MODES)}) ...", flush=True)
         extra = [] if mode == "scratch" else ["--pretrained-model", zoo]
         results[mode] = train(out, target, "digits59", mode, args.epochs, args.cpus, args.seed, *sgd, *extra)
     print_table(results, args)
-    print("[4/4] predict.py --top-k 3 on one validation image per class (model: full):", flush=True)
+    print("[4/5] the fine-tuning toolbox on the same task ...", flush=True)
+    print_toolbox(toolbox(out, target, zoo, args, sgd, results), args)
+    print("[5/5] predict.py --top-k 3 on one validation image per class (model: full):", flush=True)
     print(predict_examples(out, target, "digits59", results["full"][0]["prefix"], args.epochs))
     print(f"demo finished in {time.time() - tic:.0f} s; everything is under {out}")
 
@@ -169,6 +189,32 @@ def print_table(results, args):
         print(f"| {mode} | {figures['acc']:.4f} | {figures['top2']:.4f} | "
               f"{figures['mean_class_acc']:.4f} | {seconds:.0f} |")
     print(f"(chance: {1 / total:.2f})\n")
+
+
+def toolbox(out, target, zoo, args, sgd, results):
+    """[(what, val top-1, seconds)]: TTA, a K-fold ensemble and a cached-feature head beside
+    the runs of `results` they compare with."""
+    full, full_seconds = results["full"]
+    (plain, tta), tta_seconds = score_tta(out, target, "digits59", full["prefix"], args.epochs, args.cpus)
+    common = (args.epochs, args.cpus, args.seed, *sgd, "--pretrained-model", zoo)
+    kfold, kfold_seconds = train(out, target, "digits59", "full", *common, "--kfold", str(KFOLD),
+                                 run_name=f"full-kfold{KFOLD}", share=(KFOLD - 1) / KFOLD)
+    cached, cached_seconds = train(out, target, "digits59", "last-layer", *common, "--cache-features",
+                                   run_name="last-layer-cached")
+    return [("full, center crop (score.py)", plain, None),
+            ("full, TTA: center + 4 corners, mirrored (score.py --tta)", tta, tta_seconds),
+            (f"full, {KFOLD}-fold ensemble (--kfold {KFOLD}; fold models' mean {kfold['fold_val_acc']:.4f})",
+             kfold["acc"], kfold_seconds),
+            ("last-layer (the table above)", results["last-layer"][0]["acc"], results["last-layer"][1]),
+            ("last-layer, cached features (--cache-features)", cached["acc"], cached_seconds)]
+
+
+def print_toolbox(rows, args):
+    print(f"\nThe toolbox on the same task and budget ({args.epochs} epochs per model; seconds: whole commands):")
+    print("| what | val top-1 | seconds |\n|---|---|---|")
+    for what, acc, seconds in rows:
+        print(f"| {what} | {acc:.4f} | {'' if seconds is None else f'{seconds:.0f}'} |")
+    print()
 
 
 if __name__ == "__main__":
