@@ -40,8 +40,12 @@ def get_parser():
     return parser
 
 
-def write_digits(root, digits):
-    """Write scikit-learn's digits `digits` as PNG class folders digit-N/; returns counts."""
+def write_digits(root, digits, images=slice(None)):
+    """Write scikit-learn's digits `digits` as PNG class folders digit-N/; returns counts.
+
+    images: which of each digit's images (in the data set's order), e.g. slice(0, None, 2)
+    for every other one; the files keep their index in that order as their name.
+    """
     import cv2
     import numpy as np
     try:
@@ -54,12 +58,13 @@ def write_digits(root, digits):
     for digit in digits:
         folder = os.path.join(root, f"digit-{digit}")
         os.makedirs(folder, exist_ok=True)
-        images = data.images[data.target == digit]
-        for i, image in enumerate(images):
-            gray = np.round(image * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels
+        scans = data.images[data.target == digit]
+        indices = range(len(scans))[images]
+        for i in indices:
+            gray = np.round(scans[i] * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels
             big = cv2.resize(gray, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(os.path.join(folder, f"{i:04d}.png"), big)
-        counts[digit] = len(images)
+        counts[digit] = len(indices)
     return counts
 
 
@@ -74,26 +79,27 @@ def run(cmd, log_path):
     return result.stdout
 
 
-def prepare(out, name, digits, train_per_class, seed):
-    """Digit folders -> RecordIO via prepare_data.sh; returns the data folder."""
+def prepare(out, name, digits, train_per_class, seed, images=slice(None)):
+    """Digit folders (write_digits' `images` of each) -> RecordIO via prepare_data.sh; returns the data folder."""
     src, data = os.path.join(out, f"{name}-images"), os.path.join(out, f"{name}-data")
-    write_digits(src, digits)
+    write_digits(src, digits, images)
     run(["bash", "prepare_data.sh", "--src", src, "--out", data, "--prefix", name,
          "--train-per-class", str(train_per_class), "--resize", str(IMAGE_SIDE),
          "--seed", str(seed)], os.path.join(out, f"prepare-{name}.log"))
     return data
 
 
-def train(out, data, name, mode, epochs, cpus, seed, *extra):
-    """One train_caltech.py run; returns (figures dict, seconds)."""
-    prefix = os.path.join(out, "model", f"{name}-{mode}")
+def train(out, data, name, mode, epochs, cpus, seed, *extra, tag=None):
+    """One train_caltech.py run, named NAME-TAG (default tag: the mode); returns (figures dict, seconds)."""
+    tag = tag or mode
+    prefix = os.path.join(out, "model", f"{name}-{tag}")
     batch = demo_batch(data, name, cpus)
     tic = time.time()
     stdout = run([sys.executable, "train_caltech.py", "--data-dir", data, "--prefix", name,
                   "--network", NETWORK, "--image-shape", IMAGE_SHAPE, "--mode", mode,
                   "--num-epochs", str(epochs), "--cpus", str(cpus), "--batch-size", str(batch),
                   "--top-k", "2", "--seed", str(seed), "--model-prefix", prefix,
-                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{mode}.log"))
+                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{tag}.log"))
     match = _FINAL.search(stdout)
     acc, k, topk, mean_class = match.groups()
     return {"prefix": prefix, "acc": float(acc), f"top{k}": float(topk),
