@@ -208,3 +208,13 @@ def test_the_script_reports_a_mismatch_of_epochs_in_one_line_without_a_traceback
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "2 --model-prefix" in result.stderr and "but 1 --epoch" in result.stderr
+
+
+def test_write_digits_writes_the_chosen_scans_of_the_chosen_digits(tmp_path):
+    from sklearn.datasets import load_digits
+    from tools import demo
+    per_digit = np.bincount(load_digits().target)
+    counts = demo.write_digits(str(tmp_path), [1, 4], slice(1, None, 2))
+    assert counts == {1: per_digit[1] // 2, 4: per_digit[4] // 2}
+    assert sorted(os.listdir(tmp_path)) == ["digit-1", "digit-4"]
+    assert sorted(os.listdir(tmp_path / "digit-1"))[:2] == ["0001.png", "0003.png"]  # the odd scans only
