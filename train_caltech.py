@@ -24,7 +24,7 @@ import sys
 from common import cli, devices, evaluate, records
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, heads, kfold, loop, modes, preempt, resume, schedule
+from common.train import callbacks, fusion, heads, kfold, loop, modes, preempt, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -61,6 +61,7 @@ def main(argv=None):
     cli.setup_logging(log_file_later=True)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
              extra=cli.FILE_ONLY)
+    args.mode = fusion.default_mode(args.mode, args.pretrained_model)
     heads.check_cache_args(mode=args.mode, cache=args.cache_features, mirror=args.cache_mirror,
                            cache_dir=args.feature_cache, kv_store=args.kv_store, head=args.head)
     if args.head != "fc":

@@ -12,7 +12,7 @@ from common import cli
 from common import venv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_SCRIPTS = ("train_caltech.py", "score.py", "predict.py")
+ENTRY_SCRIPTS = ("train_caltech.py", "score.py", "predict.py", "fuse_models.py")
 
 
 @pytest.fixture(scope="module")

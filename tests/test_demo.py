@@ -7,6 +7,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW = re.compile(r"^\| (full|last-layer|scratch) \| (\d\.\d{4}) \| (\d\.\d{4}) \| (\d\.\d{4}) \| \d+ \|$", re.M)
+TOOLBOX = re.compile(r"^\| ([^|]+) \| (\d\.\d{4}) \| (\d*) \|$", re.M)
 
 
 def test_demo_runs_every_step_end_to_end(tmp_path):
@@ -32,3 +33,12 @@ def test_demo_runs_every_step_end_to_end(tmp_path):
     for _, ranked in blocks:
         assert [line.split()[-1][:6] for line in ranked.splitlines()] == ["digit-"] * 3
     assert "demo finished in" in result.stdout
+    # The toolbox table: one row per technique, each from its own command's output.
+    toolbox = {what: float(acc) for what, acc, _ in TOOLBOX.findall(result.stdout.split("toolbox", 1)[1])}
+    expected = ["full, center crop", "full, TTA", "full, 3-fold ensemble", "last-layer (the table above)",
+                "last-layer, cached features", "odd digits alone", "even digits alone", "fusion of two backbones"]
+    assert [next(w for w in toolbox if e in w) for e in expected] == list(toolbox), result.stdout
+    assert toolbox[next(w for w in toolbox if w.startswith("full, center"))] == rows["full"][0]
+    assert toolbox["last-layer (the table above)"] == rows["last-layer"][0]
+    assert (out / "model" / "digits59-full-kfold3-kfold.json").is_file()
+    assert (out / "model" / "digits-odd-even-fused-symbol.json").is_file()

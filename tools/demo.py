@@ -43,8 +43,12 @@ def get_parser():
     return parser
 
 
-def write_digits(root, digits):
-    """Write scikit-learn's digits `digits` as PNG class folders digit-N/; returns counts."""
+def write_digits(root, digits, images=slice(None)):
+    """Write scikit-learn's digits `digits` as PNG class folders digit-N/; returns counts.
+
+    images: which of each digit's images (in the data set's order), e.g. slice(0, None, 2)
+    for every other one; the files keep their index in that order as their name.
+    """
     import cv2
     import numpy as np
     try:
@@ -57,12 +61,13 @@ def write_digits(root, digits):
     for digit in digits:
         folder = os.path.join(root, f"digit-{digit}")
         os.makedirs(folder, exist_ok=True)
-        images = data.images[data.target == digit]
-        for i, image in enumerate(images):
-            gray = np.round(image * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels
+        scans = data.images[data.target == digit]
+        indices = range(len(scans))[images]
+        for i in indices:
+            gray = np.round(scans[i] * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels
             big = cv2.resize(gray, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(os.path.join(folder, f"{i:04d}.png"), big)
-        counts[digit] = len(images)
+        counts[digit] = len(indices)
     return counts
 
 
@@ -77,29 +82,29 @@ def run(cmd, log_path):
     return result.stdout
 
 
-def prepare(out, name, digits, train_per_class, seed):
-    """Digit folders -> RecordIO via prepare_data.sh; returns the data folder."""
+def prepare(out, name, digits, train_per_class, seed, images=slice(None)):
+    """Digit folders (write_digits' `images` of each) -> RecordIO via prepare_data.sh; returns the data folder."""
     src, data = os.path.join(out, f"{name}-images"), os.path.join(out, f"{name}-data")
-    write_digits(src, digits)
+    write_digits(src, digits, images)
     run(["bash", "prepare_data.sh", "--src", src, "--out", data, "--prefix", name,
          "--train-per-class", str(train_per_class), "--resize", str(IMAGE_SIDE),
          "--seed", str(seed)], os.path.join(out, f"prepare-{name}.log"))
     return data
 
 
-def train(out, data, name, mode, epochs, cpus, seed, *extra, run_name=None, share=1.0):
-    """One train_caltech.py run under PREFIX out/model/NAME-RUN_NAME (RUN_NAME: the mode
-    unless given); share: the part of the training set each model trains on (K-fold).
+def train(out, data, name, mode, epochs, cpus, seed, *extra, tag=None, share=1.0):
+    """One train_caltech.py run under PREFIX out/model/NAME-TAG (TAG: the mode unless
+    given); share: the part of the training set each model trains on (K-fold).
     Returns (figures dict, seconds)."""
-    run_name = run_name or mode
-    prefix = os.path.join(out, "model", f"{name}-{run_name}")
+    tag = tag or mode
+    prefix = os.path.join(out, "model", f"{name}-{tag}")
     batch = demo_batch(data, name, cpus, share)
     tic = time.time()
     stdout = run([sys.executable, "train_caltech.py", "--data-dir", data, "--prefix", name,
                   "--network", NETWORK, "--image-shape", IMAGE_SHAPE, "--mode", mode,
                   "--num-epochs", str(epochs), "--cpus", str(cpus), "--batch-size", str(batch),
                   "--top-k", "2", "--seed", str(seed), "--model-prefix", prefix,
-                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{run_name}.log"))
+                  "--disp-batches", "1000", *extra], os.path.join(out, f"train-{name}-{tag}.log"))
     acc, k, topk, mean_class = _FINAL.search(stdout).groups()
     figures = {"prefix": prefix, "acc": float(acc), f"top{k}": float(topk), "mean_class_acc": float(mean_class)}
     folds = _FOLDS.search(stdout)
@@ -193,20 +198,30 @@ def print_table(results, args):
 
 def toolbox(out, target, zoo, args, sgd, results):
     """[(what, val top-1, seconds)]: TTA, a K-fold ensemble and a cached-feature head beside
-    the runs of `results` they compare with."""
+    the runs of `results` they compare with; then model fusion, on a task of its own."""
     full, full_seconds = results["full"]
     (plain, tta), tta_seconds = score_tta(out, target, "digits59", full["prefix"], args.epochs, args.cpus)
     common = (args.epochs, args.cpus, args.seed, *sgd, "--pretrained-model", zoo)
     kfold, kfold_seconds = train(out, target, "digits59", "full", *common, "--kfold", str(KFOLD),
-                                 run_name=f"full-kfold{KFOLD}", share=(KFOLD - 1) / KFOLD)
+                                 tag=f"full-kfold{KFOLD}", share=(KFOLD - 1) / KFOLD)
     cached, cached_seconds = train(out, target, "digits59", "last-layer", *common, "--cache-features",
-                                   run_name="last-layer-cached")
+                                   tag="last-layer-cached")
     return [("full, center crop (score.py)", plain, None),
             ("full, TTA: center + 4 corners, mirrored (score.py --tta)", tta, tta_seconds),
             (f"full, {KFOLD}-fold ensemble (--kfold {KFOLD}; fold models' mean {kfold['fold_val_acc']:.4f})",
              kfold["acc"], kfold_seconds),
             ("last-layer (the table above)", results["last-layer"][0]["acc"], results["last-layer"][1]),
-            ("last-layer, cached features (--cache-features)", cached["acc"], cached_seconds)]
+            ("last-layer, cached features (--cache-features)", cached["acc"], cached_seconds),
+            *fusion_rows(out, args)]
+
+
+def fusion_rows(out, args):
+    """The fusion demo's rows (tools/fusiondemo.py: its own task, all ten digits)."""
+    from tools import fusiondemo  # it imports this module
+    fused = fusiondemo.fusion_figures(out, train_per_class=args.train_per_class, pretrain_epochs=args.pretrain_epochs,
+                                      epochs=args.epochs, cpus=args.cpus, seed=args.seed)
+    return [(f"digits 0-9, last-layer: {fusiondemo.ROWS[key]}", figures["acc"], seconds)
+            for key, (figures, seconds) in fused.items() if key in fusiondemo.ROWS]
 
 
 def print_toolbox(rows, args):

@@ -31,7 +31,9 @@ def add_model_args(parser):
     model.add_argument("--network", choices=list(symbols.NETWORKS), metavar="NAME",
                        help="symbols/ network (" + ", ".join(symbols.NETWORKS) + "): used by --mode "
                             "scratch, and to pick the default --pretrained-model and --model-prefix")
-    model.add_argument("--mode", choices=MODES, default="full", help="what trains (see README)")
+    model.add_argument("--mode", choices=MODES,
+                       help="what trains (see README; default: full, but last-layer when --pretrained-model "
+                            "is a fused checkpoint of fuse_models.py, whose backbones then stay frozen)")
     model.add_argument("--pretrained-model", metavar="NAME|PREFIX",
                        help="model-zoo name (" + ", ".join(modelzoo.MODELS) + ") or a local "
                             "checkpoint prefix (default: imagenet1k-NETWORK)")
