@@ -24,7 +24,7 @@ import sys
 from common import cli, devices, evaluate, records
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, fusion, heads, kfold, loop, modes, preempt, resume, schedule
+from common.train import callbacks, fusion, heads, kfold, loop, mining, modes, preempt, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -64,6 +64,8 @@ def main(argv=None):
     args.mode = fusion.default_mode(args.mode, args.pretrained_model)
     heads.check_cache_args(mode=args.mode, cache=args.cache_features, mirror=args.cache_mirror,
                            cache_dir=args.feature_cache, kv_store=args.kv_store, head=args.head)
+    mining.check_mining_args(args.hard_mining, balanced=args.balanced_sampling, kv_store=args.kv_store,
+                             cache=args.cache_features or args.head != "fc")
     if args.head != "fc":
         args.num_epochs = 1  # a fitted head has one "epoch": the checkpoint it is committed as
     plan = schedule.schedule_from_args(args)
@@ -92,7 +94,8 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
                             mirror=args.cache_mirror, head=args.head)
     identity = resume.run_identity(network=args.network, mode=mode, dataset=dataset,
                                    image_shape=args.image_shape,
-                                   sampling="balanced" if args.balanced_sampling else None, fold=args.fold)
+                                   sampling=resume.sampling_label(args.balanced_sampling, args.hard_mining),
+                                   fold=args.fold)
     start = resume.choose_start(prefix, identity, load_epoch=args.load_epoch, restart=args.restart,
                                 num_epochs=args.num_epochs, rank=kv.rank)
     if start.batch == 0 and start.epoch >= args.num_epochs:
@@ -107,7 +110,8 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
-                         requeue=args.requeue, progress=progress, balanced=args.balanced_sampling)
+                         requeue=args.requeue, progress=progress, balanced=args.balanced_sampling,
+                         hard_mining=args.hard_mining)
     try:
         val = cli.logging_failures(_train, _trainer(args), net, dataset, contexts, kv, plan, cfg, start)
     finally:

@@ -9,7 +9,7 @@ evaluation uses a fresh iterator, keeps exactly the first N outputs, and checks
 their labels against the labels read from the .rec headers.
 
 evaluate_set is the one evaluation of a set: training's validation and score.py
-both call it.
+both call it; image_losses scores each image of a set the same way (--hard-mining).
 """
 import dataclasses
 import time
@@ -50,6 +50,21 @@ def evaluate_set(module, record_set, *, image_shape, batch_size, threads, num_cl
                             threads=threads)
     probs, labels = predict_probabilities(module, data_iter, record_set.labels)
     return score_probabilities(probs, labels, num_classes, top_k, time.time() - tic)
+
+
+def image_losses(module, record_set, *, image_shape, batch_size, threads):
+    """(N,) float32 cross-entropy of each image of a checked RecordSet, in record order,
+    with the validation pipeline (center crop, no mirror) and a bound `module`."""
+    from .transforms import record_iter
+    data_iter = record_iter(record_set, image_shape=image_shape, batch_size=batch_size, train=False,
+                            threads=threads)
+    return image_loss(*predict_probabilities(module, data_iter, record_set.labels))
+
+
+def image_loss(probs, labels):
+    """(N,) cross-entropy of (N, C) probabilities against (N,) labels (clipped at 1e-12)."""
+    picked = probs[np.arange(len(labels)), labels]
+    return -np.log(np.maximum(picked, 1e-12))
 
 
 def score_probabilities(probs, labels, num_classes, top_k, seconds=0.0):
@@ -131,12 +146,11 @@ def summarize(probs, labels, num_classes, top_k):
     """
     counts, hits = per_class_accuracy(probs, labels, num_classes)
     present = counts > 0
-    picked = probs[np.arange(len(labels)), labels]
     return {
         "acc": float(np.mean(probs.argmax(axis=1) == labels)),
         f"top{top_k}": float(np.mean(topk_correct(probs, labels, top_k))),
         "mean_class_acc": float(np.mean(hits[present] / counts[present])),
-        "loss": float(-np.mean(np.log(np.maximum(picked, 1e-12)))),
+        "loss": float(np.mean(image_loss(probs, labels))),
         "images": int(len(labels)),
     }
 

@@ -6,18 +6,15 @@ and the balanced draw does not; the draw is seeded by the epoch, so a run stoppe
 and rerun ends exactly like an unbroken one.
 """
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from common import records
-from common.prep import main as prepare
 from common.train import sampling
 from tests import trainkit
-from tools.imagegen import make_class_tree
+from tools.imagegen import packed_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIG, SMALL = 120, 4
@@ -28,18 +25,7 @@ def imbalanced(tmp_path_factory):
     """A data folder whose training set has BIG images of classes 0-2 and SMALL of 3-5;
     10 validation images for every class."""
     root = tmp_path_factory.mktemp("imbalanced")
-    make_class_tree(str(root / "src"), [BIG + 10] * 6, seed=0, min_side=18, max_side=30)
-    prepare.main(["--src", str(root / "src"), "--out", str(root / "full"), "--train-per-class", str(BIG),
-                  "--val-per-class", "10", "--resize", str(trainkit.RESIZE), "--num-thread", "1",
-                  "--prefix", "caltech256"])
-    data = root / "data"
-    data.mkdir()
-    for name in ("classes.txt", "val.rec", "val.idx", "val.lst", "summary.json"):
-        shutil.copy(root / "full" / f"caltech256-{name}", data / f"caltech256-{name}")
-    train = records.check_record_set(str(root / "full" / "caltech256-train.rec"), 6)
-    keep = np.concatenate([np.flatnonzero(train.labels == c)[:BIG if c < 3 else SMALL] for c in range(6)])
-    records.write_subset(train, np.sort(keep), str(data / "caltech256-train"))
-    return str(data)
+    return packed_dataset(str(root), [BIG] * 3 + [SMALL] * 3, resize=trainkit.RESIZE)
 
 
 def train(data_dir, prefix, *extra, epochs=2):

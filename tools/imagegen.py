@@ -4,7 +4,8 @@
 class has its own dominant colour, so a network can learn the classes.
 `add_problem_files` adds the files a careful pipeline must handle.
 `flatten_class_tree` and `write_labels_csv` turn a class tree into the other
-layout: one folder of images plus a labels CSV.
+layout: one folder of images plus a labels CSV. `packed_dataset` packs a class
+tree as prepare_data.sh does, with a training set of any size per class.
 """
 import csv
 import os
@@ -40,6 +41,28 @@ def make_class_tree(root, counts, seed=0, min_side=40, max_side=120, names=None)
             path = os.path.join(root, name, f"{name.split('.')[0]}_{j + 1:04d}.jpg")
             cv2.imwrite(path, class_image(rng, label, height, width))
     return names
+
+
+def packed_dataset(root, train_counts, *, val_per_class=10, resize=18, seed=0):
+    """A data folder (returned: root/data) with training images of len(train_counts) classes,
+    train_counts[i] of class i (an imbalanced set, say), and val_per_class of each for
+    validation: prepare_data.sh's files, prefix caltech256, images packed at `resize` px."""
+    from common import records
+    from common.prep import main as prepare
+    most = max(train_counts)
+    make_class_tree(os.path.join(root, "src"), [most + val_per_class] * len(train_counts), seed=seed,
+                    min_side=18, max_side=30)
+    full, data = os.path.join(root, "full"), os.path.join(root, "data")
+    prepare.main(["--src", os.path.join(root, "src"), "--out", full, "--train-per-class", str(most),
+                  "--val-per-class", str(val_per_class), "--resize", str(resize), "--num-thread", "1",
+                  "--prefix", "caltech256"])
+    os.makedirs(data)
+    for name in ("classes.txt", "val.rec", "val.idx", "val.lst", "summary.json"):
+        shutil.copy(os.path.join(full, f"caltech256-{name}"), os.path.join(data, f"caltech256-{name}"))
+    train = records.check_record_set(os.path.join(full, "caltech256-train.rec"), len(train_counts))
+    keep = np.concatenate([np.flatnonzero(train.labels == c)[:n] for c, n in enumerate(train_counts)])
+    records.write_subset(train, np.sort(keep), os.path.join(data, "caltech256-train"))
+    return data
 
 
 def add_problem_files(class_dir, rng_seed=1):

@@ -98,17 +98,18 @@ class CommitCheckpoint:
     mid-epoch checkpoint it supersedes, and keep only what resume.retain keeps.
 
     A failed write (disk full, a file size limit, a read-only folder) stops the run
-    with one line; what was committed before stays intact.
+    with one line; what was committed before stays intact. fields(): more for the
+    manifest to record (a dict of JSON values), or None.
     """
 
-    def __init__(self, prefix, identity, keep):
-        self.prefix, self.identity, self.keep = prefix, identity, keep
+    def __init__(self, prefix, identity, keep, fields=None):
+        self.prefix, self.identity, self.keep, self.fields = prefix, identity, keep, fields
 
     def __call__(self, end):
         from . import resume
         optimizer = end.module._optimizer  # Module exposes no public accessor
         info = {"epoch": end.epoch, "batch": 0, "run": self.identity, "val": end.val, "record": end.record,
-                "num_update": optimizer.num_update}
+                "num_update": optimizer.num_update, **(self.fields() if self.fields else {})}
         _committing(f"epoch {end.epoch}", lambda: checkpoint.commit(
             self.prefix, end.epoch, symbol=end.symbol, arg_params=end.arg_params, aux_params=end.aux_params,
             write_states=end.module.save_optimizer_states, info=info))
@@ -117,10 +118,11 @@ class CommitCheckpoint:
         log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, end.epoch), best)
 
 
-def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None):
+def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None, fields=None):
     """The function that commits PREFIX-resume from a BatchEndParam (a preempted epoch).
 
     metric_state(metric): the training metric's sums, to resume them exactly.
+    fields(): more for the manifest to record (as CommitCheckpoint's), or None.
     With a dist kvstore every worker calls it: gather_aux(aux_params) adds the
     other workers' BatchNorm statistics (dist.DistSync.with_worker_aux), and only
     rank 0 has write=True.
@@ -135,7 +137,7 @@ def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=N
         info = {"epoch": param.epoch, "batch": param.nbatch + 1, "run": identity,
                 "num_update": module._optimizer.num_update,
                 "train_state": {"images": param.locals["images"], "seconds": param.locals["seconds"],
-                                "metric": metric_state(param.eval_metric)}}
+                                "metric": metric_state(param.eval_metric)}, **(fields() if fields else {})}
         _committing(f"epoch {param.epoch}, batch {param.nbatch + 1}", lambda: checkpoint.commit(
             prefix, checkpoint.RESUME, symbol=module.symbol, arg_params=arg_params, aux_params=aux_params,
             write_states=module.save_optimizer_states, info=info))

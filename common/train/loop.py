@@ -13,12 +13,11 @@ A run starts where common.train.resume.find_start says: fresh, after an epoch,
 or mid-epoch (the batches a preempted run already trained are read again, not
 trained, so the rest of the epoch sees what an unbroken run would).
 """
-import contextlib
 import dataclasses
 import logging
 import time
 
-from . import callbacks, dist, preempt, sampling, schedule as sched
+from . import callbacks, dist, mining, preempt, sampling, schedule as sched
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
 from ..cli import int_at_least, nonnegative_int, positive_int
@@ -44,7 +43,8 @@ class RunConfig:
     dtype: 'float32' or 'float16'. identity: resume.run_identity, recorded in
     every manifest. keep: committed checkpoints kept. requeue: requeue the Slurm
     job on SIGUSR1. progress: called after every batch and epoch (a watchdog's beat).
-    balanced: class-balanced sampling (common.train.sampling).
+    balanced: class-balanced sampling (common.train.sampling). hard_mining: the
+    fraction of training images seen twice in the next epoch (common.train.mining), or None.
     """
     prefix: str
     batch_size: int
@@ -59,6 +59,7 @@ class RunConfig:
     requeue: bool = False
     progress: object = None
     balanced: bool = False
+    hard_mining: float = None
 
 
 def add_fit_args(parser):
@@ -81,6 +82,7 @@ def add_fit_args(parser):
     fit.add_argument("--balanced-sampling", action="store_true",
                      help="each epoch draws as many images as the set has, classes uniformly, then an "
                           "image of the class (with replacement), instead of every image once")
+    mining.add_mining_args(fit)
     add_checkpoint_args(fit)
     return fit
 
@@ -120,11 +122,13 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     module = bind(model, contexts, cfg)
     start_params(module, model, cfg, start, rank=kv.rank)
     parts = sampling.EpochParts(dataset.train, rank=kv.rank, num_workers=kv.num_workers, balanced=cfg.balanced)
-    parts = parts if parts.needed else None
+    miner = _miner(dataset.train, cfg, schedule.num_epochs)
+    if miner:
+        miner.resume(start, module)
 
     def train_data(epoch):
         seed = epoch_seed(cfg.seed, epoch)
-        return transforms.record_iter(parts.epoch(seed) if parts else dataset.train,
+        return transforms.record_iter(parts.epoch(seed, miner and miner.hard_for(epoch)),
                                       image_shape=cfg.image_shape, batch_size=cfg.batch_size, train=True,
                                       threads=cfg.data_threads, seed=seed)
 
@@ -133,16 +137,26 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
                                      batch_size=cfg.batch_size, threads=cfg.data_threads,
                                      num_classes=dataset.num_classes, top_k=cfg.top_k).figures
 
-    with parts or contextlib.nullcontext():
+    with parts:
         return train_module(module, kv, schedule, cfg, start, num_examples=len(dataset.train),
-                            train_data=train_data, validate=validate)
+                            train_data=train_data, validate=validate, miner=miner)
 
 
-def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate):
+def _miner(train_set, cfg, last_epoch):
+    """The run's mining.HardMiner (None without --hard-mining): it scores `train_set`."""
+    if not cfg.hard_mining:
+        return None
+    score = lambda module: evaluate.image_losses(module, train_set, image_shape=cfg.image_shape,  # noqa: E731
+                                                 batch_size=cfg.batch_size, threads=cfg.data_threads)
+    return mining.HardMiner(cfg.hard_mining, score, labels=train_set.labels, last_epoch=last_epoch)
+
+
+def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate, miner=None):
     """The epochs of a bound, initialized `module`, with the optimizer, the callbacks and
     the preemption handling of every run; returns the last EpochEnd.
 
     num_examples: training images an epoch; train_data(epoch), validate(module): as fit's.
+    miner: a mining.HardMiner, whose hard set every manifest records, or None.
     """
     epoch_size = sched.updates_per_epoch(num_examples, cfg.batch_size, kv.num_workers)
     sync = _init_optimizer(module, kv, schedule, cfg, begin_update=start.epoch * epoch_size + start.batch,
@@ -150,11 +164,12 @@ def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, 
     if start.tag is not None:
         module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
     commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
-                                                  gather_aux=sync and sync.with_worker_aux)
+                                                  gather_aux=sync and sync.with_worker_aux,
+                                                  fields=miner and miner.fields)
     # Rank 0 alone requeues a dist job: once for the job, not once per worker.
     with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops:
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
-                                                 preemption=stops)
+                                                 preemption=stops, miner=miner)
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
                    validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
                    epoch_end_callbacks=epoch_end, partial=_partial(start),
@@ -181,16 +196,19 @@ def _partial(start):
     return Partial(start.batch, state["images"], state["seconds"], state["metric"])
 
 
-def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None):
-    """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, metrics, commit, signals."""
+def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None):
+    """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, mining, metrics,
+    commit, signals."""
     guard = callbacks.DivergenceGuard()
     batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end]
     # The guard comes first: nothing of a diverged epoch is logged as a result or saved.
+    # The miner precedes the commit, whose manifest records the hard set it picked.
     # The metrics line precedes the commit: a committed epoch always has its line.
-    epoch_end = [guard.epoch_end, callbacks.log_epoch(cfg.top_k)]
+    epoch_end = [guard.epoch_end, callbacks.log_epoch(cfg.top_k)] + ([miner.epoch_end] if miner else [])
     if is_rank0:
         epoch_end += [callbacks.write_metrics(MetricsLog(cfg.prefix, begin_epoch)),
-                      callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep)]
+                      callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep,
+                                                 fields=miner and miner.fields)]
     if preemption is not None:
         batch_end.append(preemption.batch_end)
         epoch_end.append(preemption.epoch_end)

@@ -40,9 +40,17 @@ class Start:
     manifest: dict = None
 
 
+def sampling_label(balanced=False, hard_mining=None):
+    """The identity's "sampling": None (every image once an epoch), 'balanced', or
+    'hard-mining F' (F the fraction: another fraction is another run)."""
+    if hard_mining:
+        return f"hard-mining {hard_mining:g}"
+    return "balanced" if balanced else None
+
+
 def run_identity(*, network, mode, dataset, image_shape, sampling=None, fold=None):
-    """The IDENTITY values of a run on `dataset` (records.Dataset); sampling: None (every
-    image once an epoch: what manifests without the key mean) or 'balanced'; fold: None
+    """The IDENTITY values of a run on `dataset` (records.Dataset); sampling: sampling_label's
+    (None, what manifests without the key mean, or 'balanced' or 'hard-mining F'); fold: None
     (what manifests without the key mean), or a --kfold fold's {"index", "k", "seed"}."""
     return {"network": network, "mode": mode, "num_classes": dataset.num_classes,
             "classes_sha256": text_digest("\n".join(dataset.classes)),
