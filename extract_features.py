@@ -16,6 +16,8 @@ from common import venv
 
 if __name__ == "__main__":
     venv.ensure("extract_features.py")  # before the imports below, which need the requirements
+    from common import threads
+    threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
 
 import os
 import sys

@@ -12,6 +12,8 @@ from common import venv
 
 if __name__ == "__main__":
     venv.ensure("predict.py")  # before the imports below, which need the requirements
+    from common import threads
+    threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
 
 import json
 import logging

@@ -16,13 +16,15 @@ from common import venv
 
 if __name__ == "__main__":
     venv.ensure("score.py")  # before the imports below, which need the requirements
+    from common import threads
+    threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
 
 import datetime
 import logging
 import os
 import sys
 
-from common import cli, devices, evaluate, fsutil, records, report
+from common import cli, devices, evaluate, fsutil, records, report, threads
 from common.infer import ensemble, score as infer_score, settings, tta
 
 log = logging.getLogger("score")
@@ -111,7 +113,7 @@ def _report(args, members, classes, contexts, top_k, score):
             "data_nthreads": args.data_nthreads, "seconds": round(score.seconds, 3),
             "images_per_sec": round(figures["images"] * len(members) / max(score.seconds, 1e-9), 2),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "versions": cli.software_versions(), "argv": sys.argv,
+            "versions": cli.software_versions(), "threads": threads.describe(), "argv": sys.argv,
         },
     }
 

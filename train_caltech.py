@@ -12,6 +12,8 @@ from common import venv
 
 if __name__ == "__main__":
     venv.ensure("train_caltech.py")  # before the imports below, which need the requirements
+    from common import threads
+    threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
     from common.cluster import watchdog
     watchdog.guard_process()  # before MXNet's import, inside which a dist server or scheduler runs
 
@@ -21,7 +23,7 @@ import os
 import shutil
 import sys
 
-from common import cli, devices, evaluate, records
+from common import cli, devices, evaluate, records, threads
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
 from common.train import callbacks, fusion, heads, kfold, loop, mining, modes, preempt, resume, schedule
@@ -175,12 +177,13 @@ def _write_run_files(prefix, args, dataset, contexts, batch_size):
                     num_examples=len(dataset.train), argv=sys.argv,
                     # absolute: predict.py and score.py read them from any folder
                     data_train=os.path.abspath(dataset.train.rec), data_val=os.path.abspath(dataset.val.rec),
-                    classes=os.path.abspath(dataset.classes_file))
+                    classes=os.path.abspath(dataset.classes_file), threads=threads.describe())
     write_text_atomic(f"{prefix}-args.json", json.dumps(resolved, indent=2, default=str) + "\n")
     shutil.copyfile(dataset.classes_file, f"{prefix}-classes.txt")
     log.info("run %s: %d classes, %d training and %d validation images, batch %d on %s",
              prefix, dataset.num_classes, len(dataset.train), len(dataset.val), batch_size,
              ", ".join(resolved["contexts"]))
+    log.info("threads: %s", threads.summary(resolved["threads"]))
     return handler
 
 

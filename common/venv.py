@@ -17,7 +17,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 # Import names of requirements.txt's packages (opencv-python-headless is cv2).
-REQUIRED = ("mxnet", "numpy", "cv2", "requests", "tqdm", "matplotlib")
+REQUIRED = ("mxnet", "numpy", "cv2", "requests", "tqdm", "matplotlib", "sklearn")
 _REEXEC_MARK = "FINETUNE_VENV_REEXEC"  # set on the re-run, so it cannot loop
 
 

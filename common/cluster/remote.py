@@ -13,6 +13,7 @@ import subprocess
 from . import watchdog
 from .hosts import read_hostfile
 from .job import Role
+from .. import threads
 from ..cli import UserError
 
 # Passed to remote processes when set here, as MXNet's ssh launcher does.
@@ -35,7 +36,9 @@ def _kinds(args):
 
 
 def local_roles(args, base, env_of):
-    return [Role(f"{kind} {i}", kind, list(args.command), dict(os.environ, **base, **env_of(kind)))
+    """Every role on this machine; the workers share its cores (common.threads)."""
+    shared = {"worker": threads.share_env(args.num_workers, list(args.command)), "server": {}}
+    return [Role(f"{kind} {i}", kind, list(args.command), dict(os.environ, **base, **shared[kind], **env_of(kind)))
             for kind, count in _kinds(args) for i in range(count)]
 
 
