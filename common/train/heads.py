@@ -24,7 +24,7 @@ import numpy as np
 
 from . import callbacks, featurecache, linear, loop, modes, sampling, surgery
 from ..cli import UserError
-from ..evaluate import set_outputs, summarize
+from ..evaluate import predict_probabilities, summarize
 from ..infer.model import bind_module
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,8 @@ def feature_iter(rows, labels, batch_size):
 
 def head_figures(module, rows, labels, *, batch_size, num_classes, top_k):
     """summarize's figures of the head on feature rows: each row counted once."""
-    probs = np.concatenate(list(set_outputs(module, feature_iter(rows, labels, batch_size), labels)))
-    return summarize(probs.astype(np.float32), labels, num_classes, top_k)
+    probs, labels = predict_probabilities(module, feature_iter(rows, labels, batch_size), labels)
+    return summarize(probs, labels, num_classes, top_k)
 
 
 def run_cached(model, dataset, contexts, kv, schedule, cfg, start, *, spec):
