@@ -1,8 +1,8 @@
 """Tiny datasets and checkpoints for the training, scoring and prediction tests.
 
 Everything is small enough to train in seconds on two CPU cores: 16x16 images
-of a few colour-coded classes (tests/imagegen.py), ResNet-20's small-input
-layout, and checkpoints in the model zoo's format (no .sha256 files, as the zoo
+of a few colour-coded classes (tools/imagegen.py), ResNet-20's small-input
+layout, and checkpoints in the model zoo's format (tools/zoocheckpoint.py; no .sha256 files, as the zoo
 publishes none).
 """
 import json
@@ -18,12 +18,11 @@ from common import checkpoint
 from common.prep import main as prepare
 from common.prep.imagefolder import read_lst
 from common.report import read_metrics
-from symbols import resnet
 from tools.imagegen import make_class_tree
+from tools.zoocheckpoint import IMAGE_SHAPE, make_pretrained, random_params  # noqa: F401 (the tests' helpers)
 
 # The model zoo's published ResNet-50 symbol file (see tests/fixtures/README.md).
 ZOO_SYMBOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "resnet-50-symbol.json")
-IMAGE_SHAPE = (3, 16, 16)
 RESIZE = 18  # packed shorter side: leaves room for a random 16 px crop
 # What bit-repeatable runs need in their environment (shared/MXNET_NOTES.md).
 REPEATABLE = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -40,47 +39,6 @@ def prepare_dataset(root, counts=(12, 12, 12, 12), train_per_class=8, seed=0):
     prepare.main(["--src", src, "--out", out, "--train-per-class", str(train_per_class),
                   "--resize", str(RESIZE), "--num-thread", "1", "--prefix", "caltech256"])
     return out
-
-
-def random_params(symbol, image_shape=IMAGE_SHAPE, seed=0):
-    """(arg_params, aux_params): He-scaled random weights of the inferred shapes.
-
-    BatchNorm statistics near (0, 1) keep activations in range, so a forward
-    pass through them is meaningful.
-    """
-    rng = np.random.default_rng(seed)
-    arg_shapes, _, aux_shapes = symbol.infer_shape(data=(1,) + tuple(image_shape))
-    args = {}
-    for name, shape in zip(symbol.list_arguments(), arg_shapes):
-        if name in ("data", "softmax_label"):
-            continue
-        if name.endswith("_weight"):
-            fan_in = int(np.prod(shape[1:]))
-            value = rng.normal(0, np.sqrt(2.0 / fan_in), size=shape)
-        elif name.endswith("_gamma"):
-            value = 1 + 0.1 * rng.standard_normal(shape)
-        else:
-            value = 0.1 * rng.standard_normal(shape)
-        args[name] = mx.nd.array(value, dtype="float32")
-    aux = {}
-    for name, shape in zip(symbol.list_auxiliary_states(), aux_shapes):
-        value = (0.1 * rng.standard_normal(shape) if name.endswith("_moving_mean")
-                 else 1 + 0.1 * rng.random(shape))
-        aux[name] = mx.nd.array(value, dtype="float32")
-    return args, aux
-
-
-def make_pretrained(prefix, num_classes=7, num_layers=20, image_shape=IMAGE_SHAPE, epoch=0, seed=0):
-    """Save a zoo-format checkpoint (fc1 + softmax head, random weights) at prefix.
-
-    Written with mx.model.save_checkpoint, as the zoo's files were. Returns
-    (prefix, symbol, arg_params, aux_params).
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    symbol = resnet.get_symbol(num_classes=num_classes, num_layers=num_layers, image_shape=image_shape)
-    args, aux = random_params(symbol, image_shape, seed)
-    mx.model.save_checkpoint(prefix, epoch, symbol, args, aux)
-    return prefix, symbol, args, aux
 
 
 def train_args(data_dir, model_prefix, *extra, epochs=2):

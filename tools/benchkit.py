@@ -25,14 +25,16 @@ def make_workdir(path, prefix):
     return path, False
 
 
-def run_group(cmd, timeout):
+def run_group(cmd, timeout, **popen):
     """Run cmd in its own process group; returns (exit code, stdout + stderr).
+
+    popen: more subprocess.Popen arguments (env, cwd).
 
     On timeout the whole group is killed (children that a tool forks would
     otherwise outlive it, blocked on their queues) and RuntimeError is raised.
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, **popen)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Benchmark: train_caltech.py's training speed against the plain MXNet way and the compute bound.
+
+On one generated, packed data set and one zoo-format checkpoint (random weights),
+each pair runs, interleaved (A B C, C B A, ...):
+  ours      train_caltech.py --mode full (its own thread choice, common/threads.py)
+  baseline  bench/baseline_finetune.py: Module.fit as MXNet's example fine-tune.py
+            does it, with MXNet's default threads
+  compute   bench/compute_bound.py: the same network, batch and contexts fed from memory
+Training images/s are those of the epochs after the first (which warms up); wall
+seconds are the whole command's, from start to exit. Then ours once per decode
+thread count (--data-threads), against the compute bound of the pairs.
+
+    python -m bench.bench_train                    # ResNet-18, 3x64x64, batch 32, 3 pairs (~4 min)
+    python -m bench.bench_train --network resnet-50 --image-shape 3,128,128 --pairs 1
+"""
+from common import venv
+
+if __name__ == "__main__":
+    venv.ensure("python -m bench.bench_train")
+
+import json  # noqa: E402
+import logging
+import os
+import shutil
+import sys
+import time
+
+from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_at_least, positive_int,
+                        run_entry, setup_logging)
+from common.fsutil import write_json_atomic
+from common.report import read_metrics
+from common.threads import USER_SETTINGS
+from common.transforms import image_shape as image_shape_arg
+from tools.benchkit import machine, make_workdir, run_group, spread
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_train.json")
+PREFIX = "bench"  # the data set's file prefix
+log = logging.getLogger("bench_train")
+
+
+def get_parser():
+    parser = OneLineArgumentParser(prog="python -m bench.bench_train", formatter_class=HelpFormatter,
+                                   description=__doc__.split("\n")[1])
+    parser.add_argument("--network", default="resnet-18", help="ResNet depth, as train_caltech.py's --network")
+    parser.add_argument("--image-shape", type=image_shape_arg, default="3,64,64", help="network input C,H,W")
+    parser.add_argument("--batch-size", metavar="N", type=positive_int, default=32)
+    parser.add_argument("--classes", metavar="C", type=positive_int, default=10)
+    parser.add_argument("--train-per-class", metavar="N", type=positive_int, default=32)
+    parser.add_argument("--val-per-class", metavar="N", type=positive_int, default=8)
+    parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
+                        help="epochs per training run (the first is not counted in images/s)")
+    parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
+    parser.add_argument("--data-threads", metavar="LIST", default="1,2",
+                        help="decode thread counts for ours, one run each after the pairs ('' for none)")
+    parser.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
+    parser.add_argument("--out", metavar="JSON", default=DEFAULT_OUT, help="results file")
+    parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+    return parser
+
+
+class Bench:
+    """The shared set-up of every run: data, checkpoint, and the common options."""
+
+    def __init__(self, args, work):
+        self.args, self.work = args, work
+        self.shape = ",".join(map(str, args.image_shape))
+        self.data = os.path.join(work, "data")
+        self.pretrained = os.path.join(work, "zoo", args.network)
+        self.runs = 0
+
+    def prepare(self):
+        """Generate and pack the data set; write the checkpoint."""
+        from common.prep import main as prepare
+        from tools.imagegen import make_class_tree
+        from tools.zoocheckpoint import make_pretrained
+        side = self.args.image_shape[1]
+        src = os.path.join(self.work, "src")
+        make_class_tree(src, [self.args.train_per_class + self.args.val_per_class] * self.args.classes,
+                        min_side=side + side // 4, max_side=2 * side)
+        prepare.main(["--src", src, "--out", self.data, "--prefix", PREFIX, "--resize", str(side + side // 8),
+                      "--train-per-class", str(self.args.train_per_class),
+                      "--val-per-class", str(self.args.val_per_class), "--num-thread", "2"])
+        make_pretrained(self.pretrained, num_classes=self.args.classes, num_layers=int(self.args.network.split("-")[1]),
+                        image_shape=self.args.image_shape)
+
+    def _run(self, cmd):
+        """(exit-checked output, wall seconds) of cmd with the user's thread settings removed."""
+        env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+        env.update(TQDM_DISABLE="1", PYTHONPATH=REPO)
+        tic = time.perf_counter()
+        code, output = run_group(cmd, self.args.timeout, env=env, cwd=REPO)
+        wall = time.perf_counter() - tic
+        if code != 0:
+            raise UserError(f"{' '.join(cmd[:2])} failed (exit {code}): {output.strip().splitlines()[-1:]}")
+        return output, wall
+
+    def _model_prefix(self, tag):
+        self.runs += 1
+        return os.path.join(self.work, "runs", f"{self.runs:02d}-{tag}", "model")
+
+    def ours(self, data_threads=None):
+        prefix = self._model_prefix("ours")
+        extra = [] if data_threads is None else ["--data-nthreads", str(data_threads)]
+        _, wall = self._run([sys.executable, "train_caltech.py", "--data-dir", self.data, "--prefix", PREFIX,
+                             "--network", self.args.network, "--image-shape", self.shape, "--mode", "full",
+                             "--pretrained-model", self.pretrained, "--pretrained-epoch", "0",
+                             "--num-epochs", str(self.args.epochs), "--batch-size", str(self.args.batch_size),
+                             "--cpus", "1", "--model-prefix", prefix, *extra])
+        records = read_metrics(f"{prefix}-metrics.jsonl")[1:]
+        images = sum(r["images_per_sec"] * r["seconds"] for r in records)
+        return {"images_per_sec": images / sum(r["seconds"] for r in records), "wall_seconds": wall,
+                "val_acc": records[-1]["val_acc"], "data_threads": data_threads}
+
+    def baseline(self):
+        prefix = self._model_prefix("baseline")
+        os.makedirs(os.path.dirname(prefix))
+        output, wall = self._run([sys.executable, os.path.join("bench", "baseline_finetune.py"),
+                                  "--pretrained", self.pretrained, "--num-classes", str(self.args.classes),
+                                  "--data-train", os.path.join(self.data, f"{PREFIX}-train.rec"),
+                                  "--data-val", os.path.join(self.data, f"{PREFIX}-val.rec"),
+                                  "--image-shape", self.shape, "--batch-size", str(self.args.batch_size),
+                                  "--num-epochs", str(self.args.epochs), "--model-prefix", prefix])
+        figures = _last_json(output)
+        steady = figures["train_seconds"][1:]
+        return {"images_per_sec": figures["images_per_epoch"] * len(steady) / sum(steady),
+                "wall_seconds": wall, "val_acc": figures["val_acc"]}
+
+    def compute(self):
+        steps = (self.args.epochs - 1) * self.args.classes * self.args.train_per_class // self.args.batch_size
+        output, wall = self._run([sys.executable, "-m", "bench.compute_bound", "--pretrained", self.pretrained,
+                                  "--num-classes", str(self.args.classes), "--image-shape", self.shape,
+                                  "--batch-size", str(self.args.batch_size), "--steps", str(max(steps, 5))])
+        return {"images_per_sec": _last_json(output)["images_per_sec"], "wall_seconds": wall}
+
+
+def _last_json(output):
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def interleaved(bench, tools, pairs):
+    """{tool: [figures of each round]}: round r runs `tools` in order, or reversed when r is odd."""
+    runs = {name: [] for name in tools}
+    for round_ in range(pairs):
+        for name in (tools if round_ % 2 == 0 else tools[::-1]):
+            figures = getattr(bench, name)()
+            log.info("round %d/%d %-8s %6.1f images/s, %5.1f s%s", round_ + 1, pairs, name,
+                     figures["images_per_sec"], figures["wall_seconds"],
+                     f", val_acc {figures['val_acc']:.4f}" if "val_acc" in figures else "")
+            runs[name].append(figures)
+    return runs
+
+
+def ratios(numerators, denominators, key, invert=False):
+    """spread() of the per-round ratios numerator/denominator of `key` (invert: d/n)."""
+    values = [(d[key] / n[key]) if invert else (n[key] / d[key]) for n, d in zip(numerators, denominators)]
+    return {**spread(values), "rounds": values}
+
+
+def summarize(runs, sweep):
+    ours, base, compute = runs["ours"], runs["baseline"], runs["compute"]
+    bound = spread([c["images_per_sec"] for c in compute])["median"]
+    return {
+        "vs_baseline": ratios(ours, base, "images_per_sec"),
+        "vs_baseline_wall": ratios(ours, base, "wall_seconds", invert=True),
+        "pipeline_vs_compute": ratios(ours, compute, "images_per_sec"),
+        "images_per_sec": {name: spread([r["images_per_sec"] for r in rows]) for name, rows in runs.items()},
+        "wall_seconds": {name: spread([r["wall_seconds"] for r in rows]) for name, rows in runs.items()},
+        "val_acc": {name: spread([r["val_acc"] for r in rows]) for name, rows in runs.items() if name != "compute"},
+        "data_threads": [{"data_threads": r["data_threads"], "images_per_sec": r["images_per_sec"],
+                          "vs_compute_median": r["images_per_sec"] / bound} for r in sweep],
+    }
+
+
+def print_table(summary):
+    print("| figure | median | min | max |\n|---|---:|---:|---:|")
+    for key in ("vs_baseline", "vs_baseline_wall", "pipeline_vs_compute"):
+        s = summary[key]
+        print(f"| {key} | {s['median']:.2f} | {s['min']:.2f} | {s['max']:.2f} |")
+    for name, s in summary["images_per_sec"].items():
+        print(f"| {name} images/s | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} |")
+    for name, s in summary["val_acc"].items():
+        print(f"| {name} val_acc | {s['median']:.4f} | {s['min']:.4f} | {s['max']:.4f} |")
+    for row in summary["data_threads"]:
+        print(f"| ours, --data-nthreads {row['data_threads']}: images/s (vs compute) | "
+              f"{row['images_per_sec']:.1f} ({row['vs_compute_median']:.2f}) | | |")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    sweep_threads = [positive_int(v) for v in args.data_threads.split(",") if v.strip()]
+    work, remove = make_workdir(args.workdir, "bench-train")
+    try:
+        bench = Bench(args, work)
+        bench.prepare()
+        runs = interleaved(bench, ("ours", "baseline", "compute"), args.pairs)
+        sweep = [bench.ours(data_threads=n) for n in sweep_threads]
+    finally:
+        if remove:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = summarize(runs, sweep)
+    conditions = {**machine(), "network": args.network, "image_shape": list(args.image_shape),
+                  "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
+                  "train_images": args.classes * args.train_per_class,
+                  "val_images": args.classes * args.val_per_class}
+    write_json_atomic(args.out, {"conditions": conditions, **summary, "runs": runs, "sweep": sweep})
+    print_table(summary)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry(main, "bench_train"))
