@@ -36,7 +36,7 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_
 from common.fsutil import write_json_atomic
 from common.prep.imagefolder import lst_text
 from common.prep.pack import pack_set
-from tools.benchkit import machine, make_workdir, run_group, spread
+from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
 from tools.imagegen import class_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,16 +74,6 @@ def _int_range(text):
     if not 1 <= low <= high:
         raise ValueError
     return low, high
-
-
-def thread_list(text):
-    """argparse type: '1,2' -> [1, 2] (each >= 1, duplicates dropped, order kept)."""
-    try:
-        values = [positive_int(part.strip()) for part in text.split(",")]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers >= 1, e.g. 1,2, got {text!r}") from None
-    return list(dict.fromkeys(values))
 
 
 def get_parser(add_help=True):

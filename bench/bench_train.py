@@ -30,9 +30,9 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_at_
                         run_entry, setup_logging)
 from common.fsutil import write_json_atomic
 from common.report import read_metrics
-from common.threads import USER_SETTINGS
+from common.threads import USER_SETTINGS, usable_cores
 from common.transforms import image_shape as image_shape_arg
-from tools.benchkit import machine, make_workdir, run_group, spread
+from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_train.json")
@@ -52,12 +52,17 @@ def get_parser():
     parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
                         help="epochs per training run (the first is not counted in images/s)")
     parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
-    parser.add_argument("--data-threads", metavar="LIST", default="1,2",
+    parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default="1,2",
                         help="decode thread counts for ours, one run each after the pairs ('' for none)")
     parser.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
     parser.add_argument("--out", metavar="JSON", default=DEFAULT_OUT, help="results file")
     parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
     return parser
+
+
+def _thread_counts(text):
+    """argparse type: thread_list, or [] for ''."""
+    return thread_list(text) if text.strip() else []
 
 
 class Bench:
@@ -110,8 +115,11 @@ class Bench:
                              "--cpus", "1", "--model-prefix", prefix, *extra])
         records = read_metrics(f"{prefix}-metrics.jsonl")[1:]
         images = sum(r["images_per_sec"] * r["seconds"] for r in records)
+        with open(f"{prefix}-args.json", encoding="utf-8") as f:
+            recorded = json.load(f)
         return {"images_per_sec": images / sum(r["seconds"] for r in records), "wall_seconds": wall,
-                "val_acc": records[-1]["val_acc"], "data_threads": data_threads}
+                "val_acc": records[-1]["val_acc"], "data_threads": recorded["data_nthreads"],
+                "threads": recorded["threads"]["settings"]}
 
     def baseline(self):
         prefix = self._model_prefix("baseline")
@@ -190,18 +198,23 @@ def print_table(summary):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logging()
-    sweep_threads = [positive_int(v) for v in args.data_threads.split(",") if v.strip()]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # before minutes of runs
     work, remove = make_workdir(args.workdir, "bench-train")
     try:
         bench = Bench(args, work)
         bench.prepare()
         runs = interleaved(bench, ("ours", "baseline", "compute"), args.pairs)
-        sweep = [bench.ours(data_threads=n) for n in sweep_threads]
+        sweep = [bench.ours(data_threads=n) for n in args.data_threads]
+        for row in sweep:
+            log.info("ours, --data-nthreads %d: %.1f images/s", row["data_threads"], row["images_per_sec"])
     finally:
         if remove:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(runs, sweep)
-    conditions = {**machine(), "network": args.network, "image_shape": list(args.image_shape),
+    conditions = {**machine(), "cores": usable_cores(), "threads": {
+                      "ours": runs["ours"][0]["threads"], "compute": runs["ours"][0]["threads"],
+                      "baseline": f"MXNet's default: {max(1, usable_cores() // 2)} OpenMP thread(s)"},
+                  "network": args.network, "image_shape": list(args.image_shape),
                   "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
                   "train_images": args.classes * args.train_per_class,
                   "val_images": args.classes * args.val_per_class}

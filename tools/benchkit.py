@@ -1,5 +1,6 @@
 """What every benchmark under bench/ shares: a work folder, subprocesses that cannot
 outlive their time limit, median/min/max summaries, and the conditions of a run."""
+import argparse
 import datetime
 import os
 import platform
@@ -8,7 +9,7 @@ import statistics
 import subprocess
 import tempfile
 
-from common.cli import UserError
+from common.cli import UserError, positive_int
 
 
 def make_workdir(path, prefix):
@@ -58,3 +59,13 @@ def machine():
             "opencv": cv2.__version__, "numpy": np.__version__, "opencv_threads": cv2.getNumThreads(),
             "platform": platform.platform(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def thread_list(text):
+    """argparse type: '1,2' -> [1, 2] (each >= 1, duplicates dropped, order kept)."""
+    try:
+        values = [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 1, e.g. 1,2, got {text!r}") from None
+    return list(dict.fromkeys(values))
