@@ -20,11 +20,12 @@ test: $(STAMP)
 # Opt-in, not part of `make test`: slurm/train.sbatch on a real single-node Slurm that
 # the tests start and stop themselves (tests_slurm/). Needs root: installs Debian's
 # slurm-wlm and munge with apt when missing. `timeout` bounds the run; on its SIGTERM
-# the tests still stop their daemons, and 30 s later it kills.
+# the tests still stop their daemons, and 30 s later it kills. -n 0: one cluster at a time
+# (pytest.ini's -n auto would start one per worker on the same host).
 test-slurm: $(STAMP)
 	dpkg -s slurm-wlm munge >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; }
-	timeout -k 30 600 $(PY) -m pytest tests_slurm
+	timeout -k 30 600 $(PY) -m pytest -n 0 tests_slurm
 
 demo: $(STAMP)
 	$(PY) -m tools.demo --out demo
