@@ -32,6 +32,7 @@ from common.fsutil import write_json_atomic
 from common.report import read_metrics
 from common.threads import USER_SETTINGS, usable_cores
 from common.transforms import image_shape as image_shape_arg
+from symbols import NETWORKS
 from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +44,8 @@ log = logging.getLogger("bench_train")
 def get_parser():
     parser = OneLineArgumentParser(prog="python -m bench.bench_train", formatter_class=HelpFormatter,
                                    description=__doc__.split("\n")[1])
-    parser.add_argument("--network", default="resnet-18", help="ResNet depth, as train_caltech.py's --network")
+    parser.add_argument("--network", default="resnet-18", choices=sorted(NETWORKS), metavar="NAME",
+                        help="as train_caltech.py's --network")
     parser.add_argument("--image-shape", type=image_shape_arg, default="3,64,64", help="network input C,H,W")
     parser.add_argument("--batch-size", metavar="N", type=positive_int, default=32)
     parser.add_argument("--classes", metavar="C", type=positive_int, default=10)
@@ -76,10 +78,15 @@ class Bench:
         self.runs = 0
 
     def prepare(self):
-        """Generate and pack the data set; write the checkpoint."""
+        """Write the checkpoint (first: it checks the network and shape); generate and pack the data set."""
         from common.prep import main as prepare
         from tools.imagegen import make_class_tree
         from tools.zoocheckpoint import make_pretrained
+        try:
+            make_pretrained(self.pretrained, num_classes=self.args.classes, num_layers=NETWORKS[self.args.network][1],
+                            image_shape=self.args.image_shape)
+        except ValueError as exc:  # a depth without a layout at this input size
+            raise UserError(f"--network {self.args.network} --image-shape {self.shape}: {exc}") from None
         side = self.args.image_shape[1]
         src = os.path.join(self.work, "src")
         make_class_tree(src, [self.args.train_per_class + self.args.val_per_class] * self.args.classes,
@@ -87,8 +94,6 @@ class Bench:
         prepare.main(["--src", src, "--out", self.data, "--prefix", PREFIX, "--resize", str(side + side // 8),
                       "--train-per-class", str(self.args.train_per_class),
                       "--val-per-class", str(self.args.val_per_class), "--num-thread", "2"])
-        make_pretrained(self.pretrained, num_classes=self.args.classes, num_layers=int(self.args.network.split("-")[1]),
-                        image_shape=self.args.image_shape)
 
     def _run(self, cmd):
         """(exit-checked output, wall seconds) of cmd with the user's thread settings removed."""
