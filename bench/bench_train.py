@@ -145,7 +145,9 @@ class Bench:
         output, wall = self._run([sys.executable, "-m", "bench.compute_bound", "--pretrained", self.pretrained,
                                   "--num-classes", str(self.args.classes), "--image-shape", self.shape,
                                   "--batch-size", str(self.args.batch_size), "--steps", str(max(steps, 5))])
-        return {"images_per_sec": _last_json(output)["images_per_sec"], "wall_seconds": wall}
+        figures = _last_json(output)
+        return {"images_per_sec": figures["images_per_sec"], "wall_seconds": wall,
+                "threads": figures["threads"]["settings"]}
 
 
 def _last_json(output):
@@ -217,7 +219,7 @@ def main(argv=None):
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(runs, sweep)
     conditions = {**machine(), "cores": usable_cores(), "threads": {
-                      "ours": runs["ours"][0]["threads"], "compute": runs["ours"][0]["threads"],
+                      "ours": runs["ours"][0]["threads"], "compute": runs["compute"][0]["threads"],
                       "baseline": f"MXNet's default: {max(1, usable_cores() // 2)} OpenMP thread(s)"},
                   "network": args.network, "image_shape": list(args.image_shape),
                   "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,

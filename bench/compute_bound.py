@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.baseline_finetune import fine_tune_symbol
 from common.train import loop
+from common.transforms import image_shape
 
 
 def get_parser():
@@ -31,7 +32,7 @@ def get_parser():
     parser.add_argument("--pretrained", required=True, help="checkpoint prefix")
     parser.add_argument("--pretrained-epoch", type=int, default=0)
     parser.add_argument("--num-classes", type=int, required=True)
-    parser.add_argument("--image-shape", default="3,224,224")
+    parser.add_argument("--image-shape", type=image_shape, default="3,224,224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=1, help="CPU contexts (the batch is split among them)")
     parser.add_argument("--steps", type=int, default=20, help="timed batches")
@@ -42,7 +43,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    shape = (args.batch_size,) + tuple(int(v) for v in args.image_shape.split(","))
+    shape = (args.batch_size,) + args.image_shape
     symbol, arg_params, aux_params = mx.model.load_checkpoint(args.pretrained, args.pretrained_epoch)
     net, arg_params = fine_tune_symbol(symbol, arg_params, args.num_classes)
     module = mx.mod.Module(net, context=[mx.cpu(i) for i in range(args.cpus)])

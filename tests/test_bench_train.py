@@ -46,3 +46,5 @@ def test_the_conditions_are_recorded(results):
     assert conditions["network"] == "resnet-18" and conditions["image_shape"] == [3, 40, 40]
     assert conditions["batch_size"] == 8 and conditions["train_images"] == 24
     assert conditions["mxnet"] == "1.9.1" and conditions["cpu_count"] >= 1
+    # the compute bound ran with the thread choice ours made (each run reports its own)
+    assert conditions["threads"]["compute"] == conditions["threads"]["ours"]
