@@ -27,7 +27,7 @@ import os
 import re
 
 from .cli import MissingFile, UserError, mxnet_reason
-from .fsutil import atomic_output, file_digest, write_json_atomic, write_text_atomic
+from .fsutil import atomic_output, file_digest, remove_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,9 @@ def save_file_atomic(path, write):
     with atomic_output(path) as tmp:
         write(tmp)
         digest = file_digest(tmp)
-        _remove(path + ".sha256")
+        remove_file(path + ".sha256")
     write_text_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
     return digest
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _arrays(arg_params, aux_params):
@@ -131,7 +124,7 @@ def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info):
     """
     import mxnet as mx
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    _remove(manifest_path(prefix, tag))  # a tag written again is not committed until its new manifest is
+    remove_file(manifest_path(prefix, tag))  # a tag written again is not committed until its new manifest is
     arrays = _arrays(arg_params, aux_params)
     files = {}
     for path, write in ((symbol_path(prefix), symbol.save), (params_path(prefix, tag),
@@ -176,10 +169,10 @@ def committed_epochs(prefix):
 
 def remove_checkpoint(prefix, tag):
     """Delete checkpoint `tag`: its manifest first (so it is no longer committed), then its files."""
-    _remove(manifest_path(prefix, tag))
+    remove_file(manifest_path(prefix, tag))
     for path in (params_path(prefix, tag), states_path(prefix, tag)):
-        _remove(path + ".sha256")
-        _remove(path)
+        remove_file(path + ".sha256")
+        remove_file(path)
 
 
 def saved_epochs(prefix):

@@ -48,6 +48,14 @@ def _fsync_path(path):
         os.close(fd)
 
 
+def remove_file(path):
+    """os.remove(path), where a path that is not there is not an error."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def makedirs_tracked(path, created):
     """os.makedirs(path, exist_ok=True); appends the folders it made to `created`, parents first."""
     missing, head = [], os.path.abspath(path)

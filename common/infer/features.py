@@ -21,7 +21,7 @@ import numpy as np
 from .. import checkpoint
 from ..cli import MissingFile, UserError, progress, software_versions
 from ..evaluate import set_outputs
-from ..fsutil import atomic_output, file_digest, write_json_atomic, write_text_atomic
+from ..fsutil import atomic_output, file_digest, remove_file, write_json_atomic, write_text_atomic
 from ..records import check_record_set, class_list_path, read_classes, read_keys, require_record_files
 from ..transforms import record_iter
 from . import graph
@@ -181,13 +181,6 @@ def _save_npy(path, array):
             np.save(f, array)
 
 
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
 def write_outputs(out, features, labels, names, description):
     """OUT-features.npy, OUT-labels.npy (labels not None), OUT-names.txt, then OUT-features.json.
 
@@ -198,10 +191,10 @@ def write_outputs(out, features, labels, names, description):
     no labels. Returns the paths written.
     """
     paths = output_paths(out)
-    _remove(paths["description"])
+    remove_file(paths["description"])
     _save_npy(paths["features"], features)
     if labels is None:
-        _remove(paths["labels"])
+        remove_file(paths["labels"])
     else:
         _save_npy(paths["labels"], np.asarray(labels, dtype=np.int64))
     write_text_atomic(paths["names"], "".join(f"{name}\n" for name in names))

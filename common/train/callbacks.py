@@ -12,10 +12,13 @@ the loop attaches the last finished epoch to a StopTraining and lets it through.
 """
 import dataclasses
 import logging
+import os
+import time
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, report
+from ..fsutil import partial_path, remove_file
 from ..cli import EXIT, UserError, WriteFailed, mxnet_reason
 
 log = logging.getLogger(__name__)
@@ -97,25 +100,45 @@ class CommitCheckpoint:
     """Epoch-end: commit PREFIX-E (params, optimizer states, then the manifest), drop the
     mid-epoch checkpoint it supersedes, and keep only what resume.retain keeps.
 
-    A failed write (disk full, a file size limit, a read-only folder) stops the run
-    with one line; what was committed before stays intact. fields(): more for the
-    manifest to record (a dict of JSON values), or None.
+    What the checkpoint holds is taken at once: copies of the parameters, the
+    optimizer state written to a hidden file. The commit itself runs through
+    `writer` (a background.Writer: while the next epoch trains). A failed write
+    (disk full, a file size limit, a read-only folder) stops the run with one line;
+    what was committed before stays intact. fields(): more for the manifest to
+    record (a dict of JSON values), or None.
     """
 
-    def __init__(self, prefix, identity, keep, fields=None):
-        self.prefix, self.identity, self.keep, self.fields = prefix, identity, keep, fields
+    def __init__(self, prefix, identity, keep, writer, fields=None):
+        self.prefix, self.identity, self.keep, self.writer, self.fields = prefix, identity, keep, writer, fields
 
     def __call__(self, end):
-        from . import resume
         optimizer = end.module._optimizer  # Module exposes no public accessor
         info = {"epoch": end.epoch, "batch": 0, "run": self.identity, "val": end.val, "record": end.record,
                 "num_update": optimizer.num_update, **(self.fields() if self.fields else {})}
-        _committing(f"epoch {end.epoch}", lambda: checkpoint.commit(
-            self.prefix, end.epoch, symbol=end.symbol, arg_params=end.arg_params, aux_params=end.aux_params,
-            write_states=end.module.save_optimizer_states, info=info))
+        what = f"epoch {end.epoch}"
+        states = checkpoint.states_path(self.prefix, end.epoch)
+        taken = partial_path(states) + ".taken"
+        try:
+            _committing(what, lambda: end.module.save_optimizer_states(taken), path=states)
+        except WriteFailed:
+            remove_file(taken)
+            raise
+        # copy() is queued on the engine: the copies are of the parameters as they are now.
+        arg_params, aux_params = ({k: v.copy() for k, v in params.items()} for params in (end.arg_params,
+                                                                                           end.aux_params))
+        self.writer.submit(lambda: self._commit(what, end.epoch, end.symbol, arg_params, aux_params, taken, info))
+
+    def _commit(self, what, epoch, symbol, arg_params, aux_params, taken, info):
+        from . import resume
+        try:
+            _committing(what, lambda: checkpoint.commit(
+                self.prefix, epoch, symbol=symbol, arg_params=arg_params, aux_params=aux_params,
+                write_states=lambda tmp: os.replace(taken, tmp), info=info))
+        finally:
+            remove_file(taken)
         checkpoint.remove_checkpoint(self.prefix, checkpoint.RESUME)
         best = resume.retain(self.prefix, self.keep)
-        log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, end.epoch), best)
+        log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, epoch), best)
 
 
 def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None, fields=None):
@@ -146,14 +169,18 @@ def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=N
     return commit
 
 
-def _committing(what, commit):
-    """commit(), with a failed write reported in one line (mx.nd.save fails with an MXNetError)."""
+def _committing(what, commit, path=None):
+    """commit(), with a failed write reported in one line (mx.nd.save fails with an MXNetError).
+
+    path: the file being written, for the message of an OSError that names none (a
+    failed f.write does not).
+    """
     import mxnet as mx
     try:
         return commit()
     except (OSError, mx.base.MXNetError) as exc:
         # mx.nd.save reports a short write without the reason (EFBIG, ENOSPC).
-        reason = (f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else
+        reason = (f"{exc.strerror} ({exc.filename or path})" if isinstance(exc, OSError) and exc.strerror else
                   f"the write was cut short (a full disk or a file-size limit?): {mxnet_reason(exc)}")
         raise WriteFailed(f"cannot write the checkpoint of {what}: {reason}; the checkpoints committed "
                         f"before are intact") from None
@@ -162,3 +189,40 @@ def _committing(what, commit):
 def write_metrics(metrics_log):
     """An epoch-end callback that appends the epoch's record to a report.MetricsLog."""
     return lambda end: metrics_log.append(end.record)
+
+
+class CurvePlot:
+    """Epoch-end: draw PREFIX-curve.png (report.plot_curves) of the records so far, through
+    `writer`.
+
+    Often enough to follow a run, seldom enough to cost it little: an epoch's curve is
+    drawn when the time since the last drawing began (or the run, for the first) is at
+    least `spacing` times what that drawing took (FIRST_DRAWING_SECONDS for the first;
+    spacing 0: every epoch). finish() draws what was skipped (the loop calls it when
+    the run ends, whichever way).
+    """
+    FIRST_DRAWING_SECONDS = 0.5  # matplotlib's import and a first drawing, measured on 2 cores
+
+    def __init__(self, metrics_log, writer, spacing):
+        self.metrics_log, self.writer, self.spacing = metrics_log, writer, spacing
+        self._began, self._seconds = time.monotonic(), self.FIRST_DRAWING_SECONDS
+        self._drawn = len(metrics_log.records)
+
+    def __call__(self, end):
+        if time.monotonic() - self._began >= self.spacing * self._seconds:
+            self._draw()
+
+    def finish(self):
+        if self._drawn < len(self.metrics_log.records):
+            self._draw()
+
+    def _draw(self):
+        records, path = list(self.metrics_log.records), self.metrics_log.plot_path
+        self._drawn = len(records)
+
+        def draw():  # in the writer's thread; read back by the next epoch's __call__
+            began = time.monotonic()
+            report.plot_curves(records, path)
+            self._began, self._seconds = began, time.monotonic() - began
+        self.writer.submit(draw)
+

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 
-from . import callbacks, dist, mining, preempt, sampling, schedule as sched
+from . import background as bg, callbacks, dist, mining, preempt, sampling, schedule as sched
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
 from ..cli import int_at_least, nonnegative_int, positive_int
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 TOP_K = 5  # the top-k accuracy reported unless --top-k says otherwise
 KEEP = 2  # committed checkpoints kept: the newest, and one to fall back to if it is corrupt
 # ImageRecordIter takes a 32-bit seed.
+# A curve drawn at most every CURVE_SPACING times its drawing time costs the run at most
+# about 1/CURVE_SPACING of its time (0.1-0.2 s a drawing: every epoch of a real run).
+CURVE_SPACING = 50
 _SEED_MODULUS = 2 ** 31
 
 
@@ -166,10 +169,13 @@ def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, 
     commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
                                                   gather_aux=sync and sync.with_worker_aux,
                                                   fields=miner and miner.fields)
-    # Rank 0 alone requeues a dist job: once for the job, not once per worker.
-    with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any) as stops:
+    writer = bg.Writer()
+    # Rank 0 alone requeues a dist job: once for the job, not once per worker. The writer's
+    # block is the inner one: the run's last writes end while the signals are still caught.
+    with preempt.Preemption(commit_mid_epoch, cfg.requeue and kv.rank == 0, agree=sync and sync.any,
+                            settle=writer.join) as stops, writer:
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
-                                                 preemption=stops, miner=miner)
+                                                 preemption=stops, miner=miner, writer=writer)
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
                    validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
                    epoch_end_callbacks=epoch_end, partial=_partial(start),
@@ -196,19 +202,26 @@ def _partial(start):
     return Partial(start.batch, state["images"], state["seconds"], state["metric"])
 
 
-def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None):
+def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None, writer=None):
     """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, mining, metrics,
-    commit, signals."""
-    guard = callbacks.DivergenceGuard()
-    batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end]
+    commit, signals.
+
+    writer: the background.Writer that draws the curves and commits the checkpoints
+    (None: they are written at once, before the next callback runs, the curve every epoch).
+    """
+    guard, in_background, writer = callbacks.DivergenceGuard(), writer is not None, writer or bg.Synchronous()
+    batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end, writer.batch_end]
     # The guard comes first: nothing of a diverged epoch is logged as a result or saved.
     # The miner precedes the commit, whose manifest records the hard set it picked.
     # The metrics line precedes the commit: a committed epoch always has its line.
     epoch_end = [guard.epoch_end, callbacks.log_epoch(cfg.top_k)] + ([miner.epoch_end] if miner else [])
     if is_rank0:
-        epoch_end += [callbacks.write_metrics(MetricsLog(cfg.prefix, begin_epoch)),
-                      callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep,
+        metrics_log = MetricsLog(cfg.prefix, begin_epoch)
+        plot = callbacks.CurvePlot(metrics_log, writer, spacing=CURVE_SPACING if in_background else 0)
+        epoch_end += [callbacks.write_metrics(metrics_log), plot,
+                      callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep, writer,
                                                  fields=miner and miner.fields)]
+        writer.at_close(plot.finish)
     if preemption is not None:
         batch_end.append(preemption.batch_end)
         epoch_end.append(preemption.epoch_end)

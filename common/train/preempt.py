@@ -52,10 +52,12 @@ class Preemption:
     commit_mid_epoch(param): commits the mid-epoch checkpoint of a BatchEndParam.
     agree(flag): with a dist kvstore, True on every worker if flag is on any
     (common.train.dist.DistSync.any), so that all of them stop after the same batch.
+    settle(): finishes the epoch-end writes still under way (background.Writer.join);
+    called before the mid-epoch commit and before a stop requeues the job.
     """
 
-    def __init__(self, commit_mid_epoch, requeue=False, agree=None):
-        self.commit_mid_epoch, self.requeue, self.agree = commit_mid_epoch, requeue, agree
+    def __init__(self, commit_mid_epoch, requeue=False, agree=None, settle=lambda: None):
+        self.commit_mid_epoch, self.requeue, self.agree, self.settle = commit_mid_epoch, requeue, agree, settle
         self.signum, self._previous, self._requeued, self._first = None, {}, False, None
 
     def __enter__(self):
@@ -100,11 +102,13 @@ class Preemption:
     def batch_end(self, param):
         if not self._stopping():
             return
+        self.settle()  # the last epoch's commit first: it drops the mid-epoch checkpoint it supersedes
         self.commit_mid_epoch(param)
         self._stop(f"epoch {param.epoch}, batch {param.nbatch + 1}")
 
     def epoch_end(self, end):
         if self._stopping():
+            self.settle()  # this epoch's commit, before the job is requeued (and killed)
             self._stop(f"the end of epoch {end.epoch}")
 
     def _stopping(self):
