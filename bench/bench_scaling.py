@@ -13,7 +13,7 @@ splits it between its contexts, and each of N workers gets batch / N. Images/s a
 those of the epochs after the first (which warms up); a job's are every worker's images
 over rank 0's epoch seconds (dist_sync keeps the workers in lockstep).
 
-    python -m bench.bench_scaling                  # ResNet-18, 3x64x64, batch 32, 3 rounds (~8 min)
+    python -m bench.bench_scaling                  # ResNet-18, 3x64x64, batch 32, 3 rounds (~7 min)
     python -m bench.bench_scaling --pairs 1 --epochs 2
 """
 from common import venv
