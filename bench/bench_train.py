@@ -22,7 +22,6 @@ if __name__ == "__main__":
 import json  # noqa: E402
 import logging
 import os
-import shutil
 import sys
 import time
 
@@ -30,10 +29,10 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_at_
                         run_entry, setup_logging)
 from common.fsutil import write_json_atomic
 from common.report import read_metrics
-from common.threads import USER_SETTINGS, usable_cores
+from common.threads import usable_cores
 from common.transforms import image_shape as image_shape_arg
 from symbols import NETWORKS
-from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
+from tools.benchkit import child_env, failure_line, machine, run_group, spread, thread_list, work_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_train.json")
@@ -44,6 +43,14 @@ log = logging.getLogger("bench_train")
 def get_parser():
     parser = OneLineArgumentParser(prog="python -m bench.bench_train", formatter_class=HelpFormatter,
                                    description=__doc__.split("\n")[1])
+    add_bench_args(parser, DEFAULT_OUT)
+    parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default="1,2",
+                        help="decode thread counts for ours, one run each after the pairs ('' for none)")
+    return parser
+
+
+def add_bench_args(parser, default_out):
+    """The options of every training benchmark (bench_train, bench_scaling): what Bench reads."""
     parser.add_argument("--network", default="resnet-18", choices=sorted(NETWORKS), metavar="NAME",
                         help="as train_caltech.py's --network")
     parser.add_argument("--image-shape", type=image_shape_arg, default="3,64,64", help="network input C,H,W")
@@ -54,12 +61,9 @@ def get_parser():
     parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
                         help="epochs per training run (the first is not counted in images/s)")
     parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
-    parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default="1,2",
-                        help="decode thread counts for ours, one run each after the pairs ('' for none)")
     parser.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
-    parser.add_argument("--out", metavar="JSON", default=DEFAULT_OUT, help="results file")
+    parser.add_argument("--out", metavar="JSON", default=default_out, help="results file")
     parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
-    return parser
 
 
 def _thread_counts(text):
@@ -89,41 +93,47 @@ class Bench:
             raise UserError(f"--network {self.args.network} --image-shape {self.shape}: {exc}") from None
         side = self.args.image_shape[1]
         src = os.path.join(self.work, "src")
-        make_class_tree(src, [self.args.train_per_class + self.args.val_per_class] * self.args.classes,
-                        min_side=side + side // 4, max_side=2 * side)
+        per_class = self.args.train_per_class + self.args.val_per_class
+        make_class_tree(src, [per_class] * self.args.classes, min_side=side + side // 4, max_side=2 * side)
+        # Each of prepare's passes spawns its pool afresh (seconds on a loaded machine):
+        # longer than packing a few hundred small images in this process (~1 ms each).
+        pack_workers = 1 if per_class * self.args.classes < 500 else 2
         prepare.main(["--src", src, "--out", self.data, "--prefix", PREFIX, "--resize", str(side + side // 8),
                       "--train-per-class", str(self.args.train_per_class),
-                      "--val-per-class", str(self.args.val_per_class), "--num-thread", "2"])
+                      "--val-per-class", str(self.args.val_per_class), "--num-thread", str(pack_workers)])
 
-    def _run(self, cmd):
-        """(exit-checked output, wall seconds) of cmd with the user's thread settings removed."""
-        env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
-        env.update(TQDM_DISABLE="1", PYTHONPATH=REPO)
+    def _run(self, cmd, label=None):
+        """(exit-checked output, wall seconds) of cmd, in its own process group, without the
+        user's MXNet settings (tools.benchkit.child_env). label: what an error calls it."""
+        label = label or " ".join(cmd[:2])
         tic = time.perf_counter()
-        code, output = run_group(cmd, self.args.timeout, env=env, cwd=REPO)
+        try:
+            code, output = run_group(cmd, self.args.timeout, env=child_env(PYTHONPATH=REPO), cwd=REPO)
+        except RuntimeError as exc:  # the time limit: the whole group was killed
+            raise UserError(f"{label}: {exc}") from None
         wall = time.perf_counter() - tic
         if code != 0:
-            raise UserError(f"{' '.join(cmd[:2])} failed (exit {code}): {output.strip().splitlines()[-1:]}")
+            raise UserError(f"{label} failed (exit {code}): {failure_line(output)}")
         return output, wall
 
     def _model_prefix(self, tag):
         self.runs += 1
         return os.path.join(self.work, "runs", f"{self.runs:02d}-{tag}", "model")
 
+    def train_command(self, prefix, *extra, batch_size=None):
+        """train_caltech.py --mode full on the data and checkpoint, writing to `prefix`; extra: more options."""
+        return [sys.executable, "train_caltech.py", "--data-dir", self.data, "--prefix", PREFIX,
+                "--network", self.args.network, "--image-shape", self.shape, "--mode", "full",
+                "--pretrained-model", self.pretrained, "--pretrained-epoch", "0",
+                "--num-epochs", str(self.args.epochs), "--batch-size", str(batch_size or self.args.batch_size),
+                "--model-prefix", prefix, *extra]
+
     def ours(self, data_threads=None):
         prefix = self._model_prefix("ours")
         extra = [] if data_threads is None else ["--data-nthreads", str(data_threads)]
-        _, wall = self._run([sys.executable, "train_caltech.py", "--data-dir", self.data, "--prefix", PREFIX,
-                             "--network", self.args.network, "--image-shape", self.shape, "--mode", "full",
-                             "--pretrained-model", self.pretrained, "--pretrained-epoch", "0",
-                             "--num-epochs", str(self.args.epochs), "--batch-size", str(self.args.batch_size),
-                             "--cpus", "1", "--model-prefix", prefix, *extra])
-        records = read_metrics(f"{prefix}-metrics.jsonl")[1:]
-        images = sum(r["images_per_sec"] * r["seconds"] for r in records)
-        with open(f"{prefix}-args.json", encoding="utf-8") as f:
-            recorded = json.load(f)
-        return {"images_per_sec": images / sum(r["seconds"] for r in records), "wall_seconds": wall,
-                "val_acc": records[-1]["val_acc"], "data_threads": recorded["data_nthreads"],
+        _, wall = self._run(self.train_command(prefix, "--cpus", "1", *extra))
+        figures, recorded = read_run(prefix)
+        return {**figures, "wall_seconds": wall, "data_threads": recorded["data_nthreads"],
                 "threads": recorded["threads"]["settings"]}
 
     def baseline(self):
@@ -150,17 +160,29 @@ class Bench:
                 "threads": figures["threads"]["settings"]}
 
 
+def read_run(prefix):
+    """({images_per_sec, val_acc}, PREFIX-args.json) of a finished train_caltech.py run:
+    images/s of the epochs after the first (PREFIX-metrics.jsonl), the last epoch's val_acc."""
+    records = read_metrics(f"{prefix}-metrics.jsonl")[1:]
+    images = sum(r["images_per_sec"] * r["seconds"] for r in records)
+    with open(f"{prefix}-args.json", encoding="utf-8") as f:
+        recorded = json.load(f)
+    figures = {"images_per_sec": images / sum(r["seconds"] for r in records), "val_acc": records[-1]["val_acc"]}
+    return figures, recorded
+
+
 def _last_json(output):
     return json.loads(output.strip().splitlines()[-1])
 
 
-def interleaved(bench, tools, pairs):
-    """{tool: [figures of each round]}: round r runs `tools` in order, or reversed when r is odd."""
-    runs = {name: [] for name in tools}
+def interleaved(run, names, pairs):
+    """{name: [figures of each round]}: round r calls run(name) for each of `names` in
+    order, or reversed when r is odd."""
+    runs = {name: [] for name in names}
     for round_ in range(pairs):
-        for name in (tools if round_ % 2 == 0 else tools[::-1]):
-            figures = getattr(bench, name)()
-            log.info("round %d/%d %-8s %6.1f images/s, %5.1f s%s", round_ + 1, pairs, name,
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            figures = run(name)
+            log.info("round %d/%d %-12s %6.1f images/s, %5.1f s%s", round_ + 1, pairs, name,
                      figures["images_per_sec"], figures["wall_seconds"],
                      f", val_acc {figures['val_acc']:.4f}" if "val_acc" in figures else "")
             runs[name].append(figures)
@@ -205,18 +227,13 @@ def print_table(summary):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logging()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # before minutes of runs
-    work, remove = make_workdir(args.workdir, "bench-train")
-    try:
+    with work_folder(args.workdir, "bench-train", args.out) as work:
         bench = Bench(args, work)
         bench.prepare()
-        runs = interleaved(bench, ("ours", "baseline", "compute"), args.pairs)
+        runs = interleaved(lambda name: getattr(bench, name)(), ("ours", "baseline", "compute"), args.pairs)
         sweep = [bench.ours(data_threads=n) for n in args.data_threads]
         for row in sweep:
             log.info("ours, --data-nthreads %d: %.1f images/s", row["data_threads"], row["images_per_sec"])
-    finally:
-        if remove:
-            shutil.rmtree(work, ignore_errors=True)
     summary = summarize(runs, sweep)
     conditions = {**machine(), "cores": usable_cores(), "threads": {
                       "ours": runs["ours"][0]["threads"], "compute": runs["compute"][0]["threads"],

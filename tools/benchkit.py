@@ -1,15 +1,18 @@
 """What every benchmark under bench/ shares: a work folder, subprocesses that cannot
 outlive their time limit, median/min/max summaries, and the conditions of a run."""
 import argparse
+import contextlib
 import datetime
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import tempfile
 
 from common.cli import UserError, positive_int
+from common.threads import USER_SETTINGS
 
 
 def make_workdir(path, prefix):
@@ -24,6 +27,19 @@ def make_workdir(path, prefix):
         raise UserError(f"--workdir {path}: must be a new or empty folder")
     os.makedirs(path, exist_ok=True)
     return path, False
+
+
+@contextlib.contextmanager
+def work_folder(path, prefix, out):
+    """The work folder of a benchmark that writes `out` (make_workdir), removed at the end
+    unless it was given; out's folder is made first, before minutes of runs."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    work, remove = make_workdir(path, prefix)
+    try:
+        yield work
+    finally:
+        if remove:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_group(cmd, timeout, **popen):
@@ -43,6 +59,25 @@ def run_group(cmd, timeout, **popen):
         proc.communicate()
         raise RuntimeError(f"timed out after {timeout} s (--timeout)") from None
     return proc.returncode, output
+
+
+def child_env(**extra):
+    """This process's environment for a benchmarked command, plus `extra`: without the
+    user's OpenMP and MXNet settings (OMP_NUM_THREADS, MXNET_*), which would change what
+    is measured, nor a job's DMLC_* roles (a command would think launch.py started it);
+    progress bars off."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in USER_SETTINGS and not k.startswith(("MXNET_", "DMLC_"))}
+    return {**env, "TQDM_DISABLE": "1", **extra}
+
+
+def failure_line(output):
+    """The line of a failed command's output that says why: its last 'error:' line (a
+    one-line error, a traceback's exception; a launch.py job's worker before the launcher's
+    own lines), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1]
 
 
 def spread(values):
