@@ -26,9 +26,11 @@ def make_workdir(path, prefix):
     return path, False
 
 
-def run_group(cmd, timeout, **popen):
+def run_group(cmd, timeout, started=None, **popen):
     """Run cmd in its own process group; returns (exit code, stdout + stderr).
 
+    started: called with the Popen object once the process exists (its pid is the
+    group's id), e.g. to watch the group while it runs.
     popen: more subprocess.Popen arguments (env, cwd).
 
     On timeout the whole group is killed (children that a tool forks would
@@ -36,6 +38,8 @@ def run_group(cmd, timeout, **popen):
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
+    if started is not None:
+        started(proc)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
