@@ -37,7 +37,7 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_in_
                         positive_int, run_entry, setup_logging)
 from common.fsutil import write_json_atomic
 from common.threads import usable_cores
-from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
+from tools.benchkit import add_run_args, machine, make_workdir, run_group, spread, thread_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_prepare.json")
@@ -70,9 +70,7 @@ def get_parser():
     run.add_argument("--rounds", metavar="R", type=positive_int, default=3, help="interleaved rounds")
     run.add_argument("--num-threads", metavar="LIST", type=thread_list, default="1,2,4",
                      help="--num-thread counts of ours, one run each after the rounds")
-    run.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
-    run.add_argument("--out", metavar="JSON", default=DEFAULT_OUT, help="results file")
-    run.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+    add_run_args(run, DEFAULT_OUT)
     return parser
 
 

@@ -33,7 +33,7 @@ from common.report import read_metrics
 from common.threads import USER_SETTINGS, usable_cores
 from common.transforms import image_shape as image_shape_arg
 from symbols import NETWORKS
-from tools.benchkit import machine, make_workdir, run_group, spread, thread_list
+from tools.benchkit import add_run_args, machine, make_workdir, run_group, spread, thread_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_train.json")
@@ -56,9 +56,7 @@ def get_parser():
     parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
     parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default="1,2",
                         help="decode thread counts for ours, one run each after the pairs ('' for none)")
-    parser.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
-    parser.add_argument("--out", metavar="JSON", default=DEFAULT_OUT, help="results file")
-    parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+    add_run_args(parser, DEFAULT_OUT)
     return parser
 
 

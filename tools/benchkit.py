@@ -12,6 +12,13 @@ import tempfile
 from common.cli import UserError, positive_int
 
 
+def add_run_args(parser, default_out, timeout=900):
+    """--timeout, --out and --workdir, as every bench takes them, on `parser` (or a group of it)."""
+    parser.add_argument("--timeout", metavar="S", type=positive_int, default=timeout, help="seconds per run")
+    parser.add_argument("--out", metavar="JSON", default=default_out, help="results file")
+    parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+
+
 def make_workdir(path, prefix):
     """Create (or accept an empty) work folder; returns (path, remove_at_end).
 
