@@ -1,6 +1,6 @@
 """Packing's decode-and-resize shortcuts give what the full decode gives.
 
-decode_resized decodes a JPEG at least 4x the target already reduced (libjpeg's scaled
+decode_resized decodes a JPEG at least 8x the target already reduced (libjpeg's scaled
 inverse DCT) before INTER_AREA; check_image decodes JPEGs at 1/8 scale to decide
 whether they are usable. Both must keep the full decode's results: the same shapes
 (EXIF rotation included) within 1 grey level, and the same verdicts.
@@ -15,7 +15,7 @@ from common import transforms
 from common.transforms import check_image, decode_bytes, decode_resized, resize_shorter
 from tools.imagegen import add_problem_files, class_image
 
-TARGET = 64  # shorter side after resizing, px
+TARGET = 32  # shorter side after resizing, px
 QUALITY_BOUND = 1.0  # mean absolute difference from the full decode's INTER_AREA result, grey levels
 
 
@@ -38,8 +38,8 @@ def decodes(monkeypatch):
     return flags
 
 
-@pytest.mark.parametrize("scale, flag", [(4, cv2.IMREAD_REDUCED_COLOR_2), (5, cv2.IMREAD_REDUCED_COLOR_2),
-                                         (8, cv2.IMREAD_REDUCED_COLOR_4), (17, cv2.IMREAD_REDUCED_COLOR_8)])
+@pytest.mark.parametrize("scale, flag", [(8, cv2.IMREAD_REDUCED_COLOR_2), (9, cv2.IMREAD_REDUCED_COLOR_2),
+                                         (16, cv2.IMREAD_REDUCED_COLOR_4), (33, cv2.IMREAD_REDUCED_COLOR_8)])
 def test_a_large_jpeg_is_decoded_reduced_within_one_grey_level(scale, flag, decodes):
     rng = np.random.default_rng(scale)
     data = jpeg(photo(rng, TARGET * scale + 7, TARGET * scale * 4 // 3))
@@ -51,15 +51,15 @@ def test_a_large_jpeg_is_decoded_reduced_within_one_grey_level(scale, flag, deco
     assert np.abs(image.astype(np.int16) - full).mean() <= QUALITY_BOUND
 
 
-def test_below_four_times_the_target_the_full_decode_is_used_unchanged(decodes):
-    data = jpeg(photo(np.random.default_rng(0), TARGET * 4 - 1, TARGET * 5))
+def test_below_eight_times_the_target_the_full_decode_is_used_unchanged(decodes):
+    data = jpeg(photo(np.random.default_rng(0), TARGET * 8 - 1, TARGET * 9))
     image, _ = decode_resized(data, TARGET)
     assert decodes == [cv2.IMREAD_COLOR]
     assert np.array_equal(image, resize_shorter(decode_bytes(data)[0], TARGET))
 
 
 def test_a_png_takes_the_full_decode(decodes):
-    data = cv2.imencode(".png", photo(np.random.default_rng(0), TARGET * 4, TARGET * 5))[1]
+    data = cv2.imencode(".png", photo(np.random.default_rng(0), TARGET * 16, TARGET * 17))[1]
     image, _ = decode_resized(data, TARGET)
     assert decodes == [cv2.IMREAD_COLOR]
     assert np.array_equal(image, resize_shorter(decode_bytes(data)[0], TARGET))
@@ -68,7 +68,7 @@ def test_a_png_takes_the_full_decode(decodes):
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_the_exif_orientation_is_applied_as_the_full_decode_applies_it(orientation, decodes):
     from PIL import Image
-    rgb = cv2.cvtColor(photo(np.random.default_rng(orientation), TARGET * 8, TARGET * 11), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(photo(np.random.default_rng(orientation), TARGET * 16, TARGET * 22), cv2.COLOR_BGR2RGB)
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
