@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slurm demo bench clean-venv
+.PHONY: test test-slurm demo bench bench-full clean-venv
 
 # One install of everything (the tests run the demo too), so that requirements.txt's
 # numpy<1.24 pin holds for every package.
@@ -33,8 +33,10 @@ demo: $(STAMP)
 # Packing against im2rec (~25 s), then training against the plain MXNet way (~4 min):
 # bench/results/bench_pack.json and bench_train.json, tables on stdout (bench/README.md).
 bench: $(STAMP)
-	$(PY) -m bench.bench_pack
-	$(PY) -m bench.bench_train
+	$(PY) -m bench
+
+bench-full: $(STAMP)
+	$(PY) -m bench --full
 
 clean-venv:
 	rm -rf $(VENV)

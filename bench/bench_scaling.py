@@ -26,11 +26,10 @@ import os
 import re
 import sys
 
-from bench.bench_train import REPO, Bench, add_bench_args, interleaved, ratios, read_run
+from bench.bench_train import REPO, Bench, add_bench_args, interleaved, ratios, read_run, run_conditions
 from common.cli import HelpFormatter, OneLineArgumentParser, UserError, run_entry, setup_logging
 from common.fsutil import write_json_atomic
-from common.threads import usable_cores
-from tools.benchkit import machine, spread, work_folder
+from tools.benchkit import spread, work_folder
 
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_scaling.json")
 # name: (launch.py workers, 0 for a plain process; train_caltech.py's options)
@@ -125,11 +124,9 @@ def print_table(summary):
 
 
 def conditions(args, runs):
-    return {**machine(), "cores": usable_cores(), "network": args.network, "image_shape": list(args.image_shape),
-            "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
+    return {**run_conditions(args),
             "batch_per_process": {name: batch_per_process(args.batch_size, workers)
                                   for name, (workers, _) in CONFIGS.items()},
-            "train_images": args.classes * args.train_per_class, "val_images": args.classes * args.val_per_class,
             # each run's own report (PREFIX-args.json; a job's rank 0)
             "threads": {name: [r["threads"] for r in rows] for name, rows in runs.items()}}
 

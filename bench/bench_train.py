@@ -22,6 +22,7 @@ if __name__ == "__main__":
 import json  # noqa: E402
 import logging
 import os
+import re
 import sys
 import time
 
@@ -32,7 +33,8 @@ from common.report import read_metrics
 from common.threads import usable_cores
 from common.transforms import image_shape as image_shape_arg
 from symbols import NETWORKS
-from tools.benchkit import child_env, failure_line, machine, run_group, spread, thread_list, work_folder
+from tools.benchkit import (add_run_args, child_env, failure_line, machine, run_group, spread, thread_list,
+                            work_folder)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_train.json")
@@ -61,9 +63,7 @@ def add_bench_args(parser, default_out):
     parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
                         help="epochs per training run (the first is not counted in images/s)")
     parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
-    parser.add_argument("--timeout", metavar="S", type=positive_int, default=900, help="seconds per run")
-    parser.add_argument("--out", metavar="JSON", default=default_out, help="results file")
-    parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+    add_run_args(parser, default_out)
 
 
 def _thread_counts(text):
@@ -120,10 +120,10 @@ class Bench:
         self.runs += 1
         return os.path.join(self.work, "runs", f"{self.runs:02d}-{tag}", "model")
 
-    def train_command(self, prefix, *extra, batch_size=None):
-        """train_caltech.py --mode full on the data and checkpoint, writing to `prefix`; extra: more options."""
+    def train_command(self, prefix, *extra, batch_size=None, mode="full"):
+        """train_caltech.py --mode MODE on the data and checkpoint, writing to `prefix`; extra: more options."""
         return [sys.executable, "train_caltech.py", "--data-dir", self.data, "--prefix", PREFIX,
-                "--network", self.args.network, "--image-shape", self.shape, "--mode", "full",
+                "--network", self.args.network, "--image-shape", self.shape, "--mode", mode,
                 "--pretrained-model", self.pretrained, "--pretrained-epoch", "0",
                 "--num-epochs", str(self.args.epochs), "--batch-size", str(batch_size or self.args.batch_size),
                 "--model-prefix", prefix, *extra]
@@ -134,7 +134,7 @@ class Bench:
         _, wall = self._run(self.train_command(prefix, "--cpus", "1", *extra))
         figures, recorded = read_run(prefix)
         return {**figures, "wall_seconds": wall, "data_threads": recorded["data_nthreads"],
-                "threads": recorded["threads"]["settings"]}
+                "threads": recorded["threads"]["settings"], "first_batch_seconds": first_batch_seconds(prefix)}
 
     def baseline(self):
         prefix = self._model_prefix("baseline")
@@ -160,6 +160,13 @@ class Bench:
                 "threads": figures["threads"]["settings"]}
 
 
+def run_conditions(args):
+    """The machine and the options of add_bench_args, as a benchmark's conditions."""
+    return {**machine(), "cores": usable_cores(), "network": args.network, "image_shape": list(args.image_shape),
+            "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
+            "train_images": args.classes * args.train_per_class, "val_images": args.classes * args.val_per_class}
+
+
 def read_run(prefix):
     """({images_per_sec, val_acc}, PREFIX-args.json) of a finished train_caltech.py run:
     images/s of the epochs after the first (PREFIX-metrics.jsonl), the last epoch's val_acc."""
@@ -169,6 +176,13 @@ def read_run(prefix):
         recorded = json.load(f)
     figures = {"images_per_sec": images / sum(r["seconds"] for r in records), "val_acc": records[-1]["val_acc"]}
     return figures, recorded
+
+
+def first_batch_seconds(prefix):
+    """Seconds from launch to the first trained batch, as PREFIX-train.log says (None if it does not)."""
+    with open(f"{prefix}-train.log", encoding="utf-8") as f:
+        found = re.search(r"first training batch done ([0-9.]+) s after launch", f.read())
+    return float(found.group(1)) if found else None
 
 
 def _last_json(output):
@@ -205,6 +219,7 @@ def summarize(runs, sweep):
         "images_per_sec": {name: spread([r["images_per_sec"] for r in rows]) for name, rows in runs.items()},
         "wall_seconds": {name: spread([r["wall_seconds"] for r in rows]) for name, rows in runs.items()},
         "val_acc": {name: spread([r["val_acc"] for r in rows]) for name, rows in runs.items() if name != "compute"},
+        "launch_to_first_batch_seconds": spread([r["first_batch_seconds"] for r in ours]),
         "data_threads": [{"data_threads": r["data_threads"], "images_per_sec": r["images_per_sec"],
                           "vs_compute_median": r["images_per_sec"] / bound} for r in sweep],
     }
@@ -235,13 +250,9 @@ def main(argv=None):
         for row in sweep:
             log.info("ours, --data-nthreads %d: %.1f images/s", row["data_threads"], row["images_per_sec"])
     summary = summarize(runs, sweep)
-    conditions = {**machine(), "cores": usable_cores(), "threads": {
+    conditions = {**run_conditions(args), "threads": {
                       "ours": runs["ours"][0]["threads"], "compute": runs["compute"][0]["threads"],
-                      "baseline": f"MXNet's default: {max(1, usable_cores() // 2)} OpenMP thread(s)"},
-                  "network": args.network, "image_shape": list(args.image_shape),
-                  "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
-                  "train_images": args.classes * args.train_per_class,
-                  "val_images": args.classes * args.val_per_class}
+                      "baseline": f"MXNet's default: {max(1, usable_cores() // 2)} OpenMP thread(s)"}}
     write_json_atomic(args.out, {"conditions": conditions, **summary, "runs": runs, "sweep": sweep})
     print_table(summary)
     print(f"wrote {args.out}")

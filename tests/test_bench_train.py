@@ -6,6 +6,7 @@ conditions are recorded.
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -38,6 +39,10 @@ def test_every_round_runs_each_command_and_the_ratios_are_theirs(results):
     assert figures["vs_baseline_wall"]["rounds"] == pytest.approx(wall)
     assert all(0 <= r["val_acc"] <= 1 for r in runs["ours"] + runs["baseline"])
     assert [row["data_threads"] for row in figures["data_threads"]] == [1]
+    # from each run's log: launch to its first trained batch
+    assert all(0 < r["first_batch_seconds"] < r["wall_seconds"] for r in runs["ours"])
+    assert figures["launch_to_first_batch_seconds"]["median"] == pytest.approx(
+        statistics.median(r["first_batch_seconds"] for r in runs["ours"]))
     assert "| vs_baseline |" in stdout
 
 

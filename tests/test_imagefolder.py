@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from common.prep.imagefolder import check_file, decode_image, lst_text, read_lst, scan_tree, split_class
+from common.prep.imagefolder import check_file, lst_text, read_lst, scan_tree, split_class
+from common.transforms import decode_image
 from tools.imagegen import add_problem_files, make_class_tree
 
 

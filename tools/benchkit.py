@@ -15,6 +15,13 @@ from common.cli import UserError, positive_int
 from common.threads import USER_SETTINGS
 
 
+def add_run_args(parser, default_out, timeout=900):
+    """--timeout, --out and --workdir, as every bench takes them, on `parser` (or a group of it)."""
+    parser.add_argument("--timeout", metavar="S", type=positive_int, default=timeout, help="seconds per run")
+    parser.add_argument("--out", metavar="JSON", default=default_out, help="results file")
+    parser.add_argument("--workdir", metavar="DIR", help="work folder (default: a temporary one, removed)")
+
+
 def make_workdir(path, prefix):
     """Create (or accept an empty) work folder; returns (path, remove_at_end).
 
@@ -42,9 +49,11 @@ def work_folder(path, prefix, out):
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run_group(cmd, timeout, **popen):
+def run_group(cmd, timeout, started=None, **popen):
     """Run cmd in its own process group; returns (exit code, stdout + stderr).
 
+    started: called with the Popen object once the process exists (its pid is the
+    group's id), e.g. to watch the group while it runs.
     popen: more subprocess.Popen arguments (env, cwd).
 
     On timeout the whole group is killed (children that a tool forks would
@@ -52,6 +61,8 @@ def run_group(cmd, timeout, **popen):
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
+    if started is not None:
+        started(proc)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import os
 
-from ..transforms import IMAGE_EXTENSIONS, decode_image
+from ..transforms import IMAGE_EXTENSIONS, check_image
 
 # Files operating systems leave in image folders.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -87,8 +87,8 @@ def not_an_image(filename):
 
 
 def check_file(path):
-    """Reason `path` is unusable, or None if OpenCV decodes it."""
-    return decode_image(path)[1]
+    """Reason `path` is unusable, or None if OpenCV decodes it (transforms.check_image)."""
+    return check_image(path)
 
 
 def split_class(files, class_name, seed, train_per_class, val_per_class=None):

@@ -12,16 +12,16 @@ import cv2
 from .parallel import parallel_map
 from ..cli import UserError
 from ..fsutil import atomic_output
-from ..transforms import decode_image, resize_shorter
+from ..transforms import load_image
 
 
 def encode_record(job):
     """Worker: (path, resize, quality) -> (JPEG bytes, None) or (None, reason)."""
     path, resize, quality = job
-    image, reason = decode_image(path)
+    image, reason = load_image(path, resize)
     if reason:
         return None, reason
-    ok, buf = cv2.imencode(".jpg", resize_shorter(image, resize), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return None, "JPEG encoding failed"
     return buf.tobytes(), None

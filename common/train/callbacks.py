@@ -63,6 +63,34 @@ def speedometer(batch_size, frequent):
     return mx.callback.Speedometer(batch_size, frequent, auto_reset=False)
 
 
+class FirstBatch:
+    """Batch-end: log, once, how long after the process started its first batch was trained
+    (start-up: imports, checks, binding, the first batch itself)."""
+
+    def __init__(self):
+        self.done = False
+
+    def __call__(self, param):
+        if not self.done:
+            self.done = True
+            seconds = seconds_since_launch()
+            if seconds is not None:
+                log.info("first training batch done %.1f s after launch", seconds)
+
+
+def seconds_since_launch():
+    """Seconds since this process started (Linux: /proc; None elsewhere)."""
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        with open("/proc/self/stat", encoding="ascii") as f:
+            # the command name, field 2, may hold spaces: count the fields after its ')'
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
 class DivergenceGuard:
     """Stop a diverged run before it writes a checkpoint with NaN or Inf in it.
 

@@ -210,7 +210,8 @@ def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None,
     (None: they are written at once, before the next callback runs, the curve every epoch).
     """
     guard, in_background, writer = callbacks.DivergenceGuard(), writer is not None, writer or bg.Synchronous()
-    batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end, writer.batch_end]
+    batch_end = [callbacks.speedometer(cfg.batch_size, cfg.disp_batches), guard.batch_end, writer.batch_end,
+                 callbacks.FirstBatch()]
     # The guard comes first: nothing of a diverged epoch is logged as a result or saved.
     # The miner precedes the commit, whose manifest records the hard set it picked.
     # The metrics line precedes the commit: a committed epoch always has its line.
