@@ -22,8 +22,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 
-from common import cli, devices, evaluate, records, threads
+from common import cli, devices, evaluate, records, report, threads
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
 from common.train import callbacks, fusion, heads, kfold, loop, mining, modes, preempt, resume, schedule
@@ -75,6 +76,8 @@ def main(argv=None):
     if args.kfold:
         kfold.check_args(args)
     contexts, batch_size, dataset = _devices_and_data(args)
+    # The first curve is drawn at the end of a short run: its import overlaps loading and binding.
+    threading.Thread(target=report.preload, name="preload-matplotlib", daemon=True).start()
     train = lambda run_args, data: _train_run(run_args, contexts, batch_size, data, plan)  # noqa: E731
     if not args.kfold:
         return _final(train(args, dataset), args.top_k)

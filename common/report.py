@@ -112,6 +112,13 @@ def plot_confusion(path, matrix, names, title):
     _save_png(fig, path)
 
 
+def preload():
+    """Import what the figures need (matplotlib: ~0.4 s), so that a thread can do it while
+    the caller is busy with other work rather than at its first figure."""
+    import matplotlib.backends.backend_agg  # noqa: F401 (the PNG writer savefig picks)
+    import matplotlib.figure  # noqa: F401
+
+
 def _figure(size):
     """A figure of its own, outside pyplot: no display needed (cluster nodes), nothing to
     close, and safe to draw in a background thread (pyplot's figure registry is not)."""
