@@ -125,3 +125,37 @@ def test_the_curve_is_drawn_as_often_as_its_spacing_allows_and_the_last_epoch_al
             plot(None)
             writer.join()
     assert calls == drawn
+
+
+def test_queued_commits_that_retention_would_delete_are_skipped(tmp_path, monkeypatch):
+    """Five epochs end while the writer is busy; keep 2: the newest two and the best are
+    committed, as retention would leave them, and the others are never written."""
+    from common.train import resume
+    written, commit_files = [], checkpoint.commit
+    monkeypatch.setattr(checkpoint, "commit", lambda prefix, tag, **kw: written.append(tag) or commit_files(
+        prefix, tag, **kw))
+    data = mx.sym.Variable("data")
+    symbol = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(data, num_hidden=2, name="fc"), name="softmax")
+    prefix, release = str(tmp_path / "run"), threading.Event()
+    with background.Writer() as writer:
+        writer.submit(lambda: release.wait(10))
+        commit = callbacks.CommitCheckpoint(prefix, "run-id", keep=2, writer=writer)
+        for epoch, acc in enumerate([0.5, 0.9, 0.6, 0.9, 0.8], start=1):
+            arg = {"fc_weight": mx.nd.full((2, 3), epoch), "fc_bias": mx.nd.zeros((2,))}
+            commit(callbacks.EpochEnd(epoch=epoch, module=linear.FittedHead(symbol), arg_params=arg, aux_params={},
+                                      record={"epoch": epoch}, val={"acc": acc, "loss": 1.0}))
+        release.set()
+    assert written == [2, 4, 5]  # 2: the earliest of the best; 1 and 3 never written
+    assert sorted(checkpoint.committed_epochs(prefix)) == [2, 4, 5]
+    assert checkpoint.saved_epochs(prefix) == [2, 4, 5]
+    assert resume.retain(prefix, 2) == 2
+    assert checkpoint.load_checkpoint(prefix, 4)[1]["fc_weight"].asnumpy().max() == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_commit_is_not_skipped_while_fewer_than_keep_later_epochs_are_queued(tmp_path):
+    commit = callbacks.CommitCheckpoint(str(tmp_path / "run"), "run-id", keep=2, writer=background.Synchronous())
+    commit._submitted = [(1, 0.5), (2, 0.6)]
+    assert not commit.superseded(1) and not commit.superseded(2)
+    commit._submitted.append((3, 0.7))
+    assert commit.superseded(1) and not commit.superseded(2)

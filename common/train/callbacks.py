@@ -134,10 +134,16 @@ class CommitCheckpoint:
     (disk full, a file size limit, a read-only folder) stops the run with one line;
     what was committed before stays intact. fields(): more for the manifest to
     record (a dict of JSON values), or None.
+
+    When epochs end faster than their commits (a head trained on cached features:
+    a fraction of a second an epoch, the whole network to write), a queued commit
+    that retention would delete as soon as the later ones are in is skipped: `keep`
+    later epochs were submitted and it is not the best of those submitted.
     """
 
     def __init__(self, prefix, identity, keep, writer, fields=None):
         self.prefix, self.identity, self.keep, self.writer, self.fields = prefix, identity, keep, writer, fields
+        self._submitted = []  # (epoch, validation accuracy) of each commit submitted, in order
 
     def __call__(self, end):
         optimizer = end.module._optimizer  # Module exposes no public accessor
@@ -154,10 +160,25 @@ class CommitCheckpoint:
         # copy() is queued on the engine: the copies are of the parameters as they are now.
         arg_params, aux_params = ({k: v.copy() for k, v in params.items()} for params in (end.arg_params,
                                                                                            end.aux_params))
+        self._submitted.append((end.epoch, end.val["acc"]))
         self.writer.submit(lambda: self._commit(what, end.epoch, end.symbol, arg_params, aux_params, taken, info))
+
+    def superseded(self, epoch):
+        """True if retention would delete epoch's checkpoint once the later ones submitted are
+        committed: at least `keep` of them, and a better one (or an equal, earlier one) among all."""
+        submitted = list(self._submitted)  # appended to by the training thread
+        if sum(1 for e, _ in submitted if e > epoch) < self.keep:
+            return False
+        best = max(submitted, key=lambda item: (item[1], -item[0]))  # the earliest of equals, as retain
+        return best[0] != epoch
 
     def _commit(self, what, epoch, symbol, arg_params, aux_params, taken, info):
         from . import resume
+        if self.superseded(epoch):
+            remove_file(taken)
+            log.info("epoch %d not committed: %d or more later epochs are queued and it is not the best", epoch,
+                     self.keep)
+            return
         try:
             _committing(what, lambda: checkpoint.commit(
                 self.prefix, epoch, symbol=symbol, arg_params=arg_params, aux_params=aux_params,
