@@ -9,7 +9,8 @@ An image reaches the network through two paths that must agree exactly:
 
 Both end in raw 0-255 RGB floats, (C, H, W): no mean/std, the zoo's ResNets
 normalize with their bn_data layer. tests/test_rules.py feeds the same images
-through both and compares.
+through both and compares. Training alone adds random crops and mirrors, and an
+Augment's (--random-resized-crop, --color-jitter): neither path above has them.
 
 Nothing here imports MXNet at module level: prepare_data.sh's spawned workers
 use this module and must stay light (record_iter imports it when called).
