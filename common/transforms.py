@@ -197,8 +197,9 @@ class Augment:
     def iter_params(self):
         """The ImageRecordIter keyword arguments (empty for no augmentation)."""
         params = {}
-        if self.resized_crop:
-            params.update(random_resized_crop=True, min_random_area=self.area[0], max_random_area=self.area[1],
+        if self.resized_crop:  # MXNet 1.9.1 refuses it together with rand_crop (image_aug_default.cc:352)
+            params.update(rand_crop=False, random_resized_crop=True, min_random_area=self.area[0],
+                          max_random_area=self.area[1],
                           min_aspect_ratio=self.aspect[0], max_aspect_ratio=self.aspect[1])
         if self.color:
             params.update(brightness=self.color, contrast=self.color, saturation=self.color)
@@ -255,9 +256,11 @@ def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0, 
     """
     import mxnet as mx
     assert train or augment is None, "validation is never augmented"
-    return mx.io.ImageRecordIter(
+    params = dict(
         path_imgrec=record_set.rec, path_imgidx=record_set.idx, label_width=1,
         data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
         batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
         round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
-        verbose=False, **(augment.iter_params() if augment else {}))
+        verbose=False)
+    params.update(augment.iter_params() if augment else {})
+    return mx.io.ImageRecordIter(**params)
