@@ -17,7 +17,7 @@ import pytest
 import score
 import train_caltech
 from common import cli, evaluate
-from common.train import modes, recipe, schedule, surgery
+from common.train import heads, modes, recipe, schedule, surgery
 from tests import trainkit
 
 SHAPE = trainkit.IMAGE_SHAPE
@@ -196,6 +196,16 @@ def test_label_smoothing_changes_the_gradient_not_the_output():
         grads.append(module._exec_group.grad_arrays[head][0].asnumpy())
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=1e-7)
     assert not np.allclose(grads[0], grads[1])
+
+
+def test_the_head_trained_on_cached_features_keeps_the_smoothing():
+    net = modes.build_model(mode="scratch", network="resnet-20", num_classes=4, image_shape=SHAPE,
+                            label_smoothing=0.2)
+    model = modes.Model(net.symbol, {}, {}, fresh=["fc1_weight", "fc1_bias"], fixed=[])
+    assert surgery.label_smoothing(heads.head_symbol(model, 4, "float32")) == 0.2
+    plain = modes.Model(modes.build_model(mode="scratch", network="resnet-20", num_classes=4,
+                                          image_shape=SHAPE).symbol, {}, {}, fresh=model.fresh, fixed=[])
+    assert surgery.label_smoothing(heads.head_symbol(plain, 4, "float32")) == 0.0
 
 
 # ---------------------------------------------------------------- tiny runs
