@@ -4,9 +4,10 @@
     python train_caltech.py --network resnet-50 --gpus 0,1,2,3
     python train_caltech.py --network resnet-50 --cpus 2 --mode last-layer
 
-Defaults are the published Caltech-256 recipe (RECIPE below): SGD lr 0.01 (no
-momentum, no weight decay), 16 images per device, random 224 crop + mirror of
-256-px images, Xavier(gaussian, in, 2) for the new layer, 8 epochs.
+Defaults are the published Caltech-256 recipe (RECIPE below, --recipe classic): SGD
+lr 0.01 (no momentum, no weight decay), 16 images per device, random 224 crop + mirror
+of 256-px images, Xavier(gaussian, in, 2) for the new layer, 8 epochs. --recipe modern
+fills in the options of common/train/recipe.py's MODERN that the command line leaves out.
 """
 from common import venv
 
@@ -24,10 +25,10 @@ import shutil
 import sys
 import threading
 
-from common import cli, devices, evaluate, records, report, threads
+from common import cli, devices, evaluate, records, report, threads, transforms
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, fusion, heads, kfold, loop, mining, modes, preempt, resume, schedule
+from common.train import callbacks, fusion, heads, kfold, loop, mining, modes, preempt, recipe, resume, schedule
 
 log = logging.getLogger("train_caltech")
 
@@ -48,8 +49,10 @@ RECIPE = {
 def get_parser():
     parser = cli.OneLineArgumentParser(prog="train_caltech.py", description=__doc__.split("\n")[1],
                                        formatter_class=cli.HelpFormatter)
+    recipe.add_recipe_args(parser)
     modes.add_model_args(parser)
     records.add_data_args(parser)
+    transforms.add_augment_args(parser)
     schedule.add_schedule_args(parser)
     loop.add_fit_args(parser)
     heads.add_head_args(parser)
@@ -60,11 +63,12 @@ def get_parser():
 
 def main(argv=None):
     """Train; returns the last epoch's validation figures (the `final:` line)."""
-    args = get_parser().parse_args(argv)
+    args, given = recipe.parse_args(get_parser(), argv)
     cli.setup_logging(log_file_later=True)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["train_caltech.py", *argv]),
              extra=cli.FILE_ONLY)
     args.mode = fusion.default_mode(args.mode, args.pretrained_model)
+    recipe.apply(args, given)  # after the mode: some pieces apply to some modes only
     heads.check_cache_args(mode=args.mode, cache=args.cache_features, mirror=args.cache_mirror,
                            cache_dir=args.feature_cache, kv_store=args.kv_store, head=args.head)
     mining.check_mining_args(args.hard_mining, balanced=args.balanced_sampling, kv_store=args.kv_store,
@@ -106,17 +110,24 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
     if start.batch == 0 and start.epoch >= args.num_epochs:
         log.info("%s has finished all %d epochs already: nothing to train", prefix, args.num_epochs)
         return start.manifest["val"]
+    stopped = start.batch == 0 and args.early_stopping and callbacks.EarlyStopping.resumed(
+        args.early_stopping, prefix, start.epoch).reason(start.epoch)
+    if stopped:
+        log.info("%s stopped early already: nothing to train (%s)", prefix, stopped)
+        return start.manifest["val"]
     net = modes.build_model(mode=args.mode, network=args.network, num_classes=dataset.num_classes,
                             image_shape=args.image_shape, dtype=args.dtype,
                             pretrained=args.pretrained_model, pretrained_epoch=args.pretrained_epoch,
                             model_dir=args.model_dir, layer=args.layer_before_fullc,
-                            lr_mult_pretrained=args.lr_mult_pretrained, freeze_until=args.freeze_until)
+                            lr_mult_pretrained=args.lr_mult_pretrained, freeze_until=args.freeze_until,
+                            no_wd_bn_bias=args.no_wd_bn_bias, label_smoothing=args.label_smoothing)
     log_file = _write_run_files(prefix, args, dataset, contexts, batch_size) if kv.rank == 0 else None
     cfg = loop.RunConfig(prefix=prefix, batch_size=batch_size, image_shape=args.image_shape,
                          data_threads=args.data_nthreads, top_k=args.top_k, disp_batches=args.disp_batches,
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
                          requeue=args.requeue, progress=progress, balanced=args.balanced_sampling,
-                         hard_mining=args.hard_mining)
+                         hard_mining=args.hard_mining, augment=recipe.augment(args),
+                         early_stopping=args.early_stopping)
     try:
         val = cli.logging_failures(_train, _trainer(args), net, dataset, contexts, kv, plan, cfg, start)
     finally:
@@ -133,8 +144,9 @@ def _trainer(args):
 
 
 def _final(val, top_k, more=""):
+    stop = "".join(f" {key}={val[key]}" for key in ("best_epoch", "best_val_acc") if key in val)
     print(f"final: val_acc={val['acc']:.4f} top{top_k}={val[f'top{top_k}']:.4f} "
-          f"mean_class_acc={val['mean_class_acc']:.4f}{more}", flush=True)
+          f"mean_class_acc={val['mean_class_acc']:.4f}{stop}{more}", flush=True)
     return val
 
 
@@ -164,7 +176,7 @@ def _train(train, net, dataset, contexts, kv, plan, cfg, start):
         if stop.last is None:
             raise cli.UserError(f"training stopped before its first epoch ended: {stop}") from None
         log.info("training stopped after epoch %d: %s", stop.last.epoch, stop)
-        return stop.last.val
+        return {**stop.last.val, **stop.fields}
 
 
 def _write_run_files(prefix, args, dataset, contexts, batch_size):

@@ -9,17 +9,19 @@ An image reaches the network through two paths that must agree exactly:
 
 Both end in raw 0-255 RGB floats, (C, H, W): no mean/std, the zoo's ResNets
 normalize with their bn_data layer. tests/test_rules.py feeds the same images
-through both and compares.
+through both and compares. Training alone adds random crops and mirrors, and an
+Augment's (--random-resized-crop, --color-jitter): neither path above has them.
 
 Nothing here imports MXNet at module level: prepare_data.sh's spawned workers
 use this module and must stay light (record_iter imports it when called).
 """
 import argparse
+import dataclasses
 
 import cv2
 import numpy as np
 
-from .cli import UserError
+from .cli import UserError, float_range
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
@@ -292,19 +294,88 @@ def tta_views(image, image_shape, *, scales=(1.0,), crops=TTA_CROPS, mirror=True
     return views
 
 
-def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0):
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Training-only augmentation beyond the random crop + mirror, by ImageRecordIter's own
+    augmenters (MXNet 1.9.1 src/io/image_aug_default.cc).
+
+    resized_crop: RandomResizedCrop, a random window of `area` (min, max: fractions of the
+    image's area) and `aspect` (min, max: width/height) resized to the input shape, instead
+    of a fixed-size random crop. color: brightness, contrast and saturation each jittered
+    by a random value in [-color, color] (0: off).
+    """
+    resized_crop: bool = False
+    area: tuple = (0.35, 1.0)
+    aspect: tuple = (0.75, 4 / 3)
+    color: float = 0.0
+
+    def iter_params(self):
+        """The ImageRecordIter keyword arguments (empty for no augmentation)."""
+        params = {}
+        if self.resized_crop:  # MXNet 1.9.1 refuses it together with rand_crop (image_aug_default.cc:352)
+            params.update(rand_crop=False, random_resized_crop=True, min_random_area=self.area[0],
+                          max_random_area=self.area[1],
+                          min_aspect_ratio=self.aspect[0], max_aspect_ratio=self.aspect[1])
+        if self.color:
+            params.update(brightness=self.color, contrast=self.color, saturation=self.color)
+        return params
+
+
+def number_pair(low, high=None):
+    """argparse type factory: 'A,B' -> (A, B) with low < A <= B (<= high when given)."""
+    wanted = f"two numbers MIN,MAX with {low:g} < MIN <= MAX" + (f" <= {high:g}" if high is not None else "")
+
+    def parse(text):
+        try:
+            pair = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            pair = ()
+        if (len(pair) != 2 or not all(np.isfinite(pair)) or not low < pair[0] <= pair[1]
+                or (high is not None and pair[1] > high)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return pair
+    parse.__name__ = wanted
+    return parse
+
+
+def add_augment_args(parser):
+    """The training-augmentation group (validation is never augmented). The flags have a
+    --no- form, so that an explicit one can switch off what a --recipe turns on."""
+    group = parser.add_argument_group("augmentation (training only)")
+    group.add_argument("--random-resized-crop", dest="random_resized_crop", action="store_true", default=False,
+                       help="random window of --crop-area and --crop-aspect resized to --image-shape, instead "
+                            "of a fixed-size random crop (default: off; on with --recipe modern)")
+    group.add_argument("--no-random-resized-crop", dest="random_resized_crop", action="store_false",
+                       help="the fixed-size random crop, --recipe classic's (default): switches off "
+                            "--recipe modern's --random-resized-crop")
+    group.add_argument("--crop-area", metavar="MIN,MAX", type=number_pair(0, 1), default=Augment.area,
+                       help="--random-resized-crop: the window's area, as fractions of the image's, in (0, 1] "
+                            "(default: 0.35,1)")
+    group.add_argument("--crop-aspect", metavar="MIN,MAX", type=number_pair(0), default=Augment.aspect,
+                       help="--random-resized-crop: the window's width/height, > 0 (default: 0.75,1.333)")
+    group.add_argument("--color-jitter", metavar="X", type=float_range(0, 1), default=0.0,
+                       help="brightness, contrast and saturation each moved by a random value in [-X, X], "
+                            "X in [0, 1] (0: off)")
+    return group
+
+
+def record_iter(record_set, *, image_shape, batch_size, train, threads, seed=0, augment=None):
     """An ImageRecordIter with the project's one preprocessing recipe.
 
-    Training: true global shuffle through the .idx, random crop and mirror.
-    Validation/scoring: file order and center crop. Use a fresh iterator per pass
+    Training: true global shuffle through the .idx, random crop and mirror, and
+    `augment`'s (an Augment, or None) augmenters.
+    Validation/scoring: file order and center crop; `augment` must be None. Use a fresh iterator per pass
     and keep only the first N outputs: MXNet 1.9.1 misreports the padding of the
     last batch (see common/evaluate.py).
     seed: shuffle and augmentation seed; give each epoch its own for an exact resume.
     """
     import mxnet as mx
-    return mx.io.ImageRecordIter(
+    assert train or augment is None, "validation is never augmented"
+    params = dict(
         path_imgrec=record_set.rec, path_imgidx=record_set.idx, label_width=1,
         data_name="data", label_name="softmax_label", data_shape=tuple(image_shape),
         batch_size=batch_size, shuffle=train, rand_crop=train, rand_mirror=train,
         round_batch=train, preprocess_threads=threads, seed=seed, seed_aug=seed,
         verbose=False)
+    params.update(augment.iter_params() if augment else {})
+    return mx.io.ImageRecordIter(**params)

@@ -45,11 +45,51 @@ class EpochEnd:
 
 
 class StopTraining(Exception):
-    """Raised by a callback to end training; `last` is the last finished EpochEnd (or None)."""
+    """Raised by a callback to end training; `last` is the last finished EpochEnd (or None);
+    fields: more for the `final:` line ({name: value})."""
 
-    def __init__(self, reason):
+    def __init__(self, reason, fields=None):
         super().__init__(reason)
-        self.last = None
+        self.last, self.fields = None, fields or {}
+
+
+class EarlyStopping:
+    """Epoch-end (--early-stopping PATIENCE): StopTraining once validation accuracy has not
+    improved on the best epoch's for `patience` epochs.
+
+    The best is resume.retain's: the highest accuracy, the earliest of equals, so its
+    checkpoint is the one retention keeps (this callback follows the commit). history:
+    (epoch, val acc) of the epochs a resumed run continues after (from PREFIX-metrics.jsonl).
+    """
+
+    def __init__(self, patience, history=()):
+        self.patience, self.best_epoch, self.best_acc = patience, None, None
+        for epoch, acc in history:
+            self._see(epoch, acc)
+
+    @classmethod
+    def resumed(cls, patience, prefix, begin_epoch):
+        """The callback of a run that continues after `begin_epoch` under `prefix`."""
+        records = report.read_metrics(f"{prefix}-metrics.jsonl")
+        return cls(patience, [(r["epoch"], r["val_acc"]) for r in records if r["epoch"] <= begin_epoch])
+
+    def _see(self, epoch, acc):
+        if self.best_acc is None or acc > self.best_acc:
+            self.best_epoch, self.best_acc = epoch, acc
+
+    def reason(self, epoch):
+        """Why training ends after `epoch`, or None to go on."""
+        if self.best_epoch is None or epoch - self.best_epoch < self.patience:
+            return None
+        return (f"--early-stopping {self.patience}: validation accuracy has not improved for {epoch - self.best_epoch} "
+                f"epochs; the best is epoch {self.best_epoch} (val_acc={self.best_acc:.4f}), whose checkpoint "
+                f"is kept (PREFIX-best.json)")
+
+    def __call__(self, end):
+        self._see(end.epoch, end.val["acc"])
+        why = self.reason(end.epoch)
+        if why:
+            raise StopTraining(why, fields={"best_epoch": self.best_epoch, "best_val_acc": f"{self.best_acc:.4f}"})
 
 
 class Diverged(UserError):

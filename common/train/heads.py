@@ -109,13 +109,16 @@ class FullNetwork:
 
 
 def head_symbol(model, num_classes, dtype):
-    """features (N, D) -> the new FullyConnected (model.fresh's names) -> SoftmaxOutput."""
+    """features (N, D) -> the new FullyConnected (model.fresh's names) -> SoftmaxOutput, with
+    the full network's label smoothing."""
     import mxnet as mx
     fc_name = model.fresh[0][:-len("_weight")]
     data = mx.sym.Variable("data")
     if dtype != "float32":
         data = mx.sym.Cast(data, dtype=dtype, name=f"data_{dtype}")
-    return surgery.attach_head(data, num_classes, fc_name, dtype)
+    head = surgery.attach_head(data, num_classes, fc_name, dtype)
+    alpha = surgery.label_smoothing(model.symbol)
+    return surgery.set_label_smoothing(head, alpha) if alpha else head
 
 
 def cached_features(model, dataset, spec, *, image_shape, contexts, batch_size, threads):

@@ -48,6 +48,8 @@ class RunConfig:
     job on SIGUSR1. progress: called after every batch and epoch (a watchdog's beat).
     balanced: class-balanced sampling (common.train.sampling). hard_mining: the
     fraction of training images seen twice in the next epoch (common.train.mining), or None.
+    augment: the training iterator's transforms.Augment, or None. early_stopping: the
+    patience in epochs (callbacks.EarlyStopping), or None.
     """
     prefix: str
     batch_size: int
@@ -63,6 +65,8 @@ class RunConfig:
     progress: object = None
     balanced: bool = False
     hard_mining: float = None
+    augment: object = None
+    early_stopping: int = None
 
 
 def add_fit_args(parser):
@@ -85,6 +89,9 @@ def add_fit_args(parser):
     fit.add_argument("--balanced-sampling", action="store_true",
                      help="each epoch draws as many images as the set has, classes uniformly, then an "
                           "image of the class (with replacement), instead of every image once")
+    fit.add_argument("--early-stopping", metavar="PATIENCE", type=positive_int,
+                     help="stop once validation accuracy has not improved for PATIENCE epochs (>= 1); the "
+                          "best epoch's checkpoint is kept (default: train every epoch)")
     mining.add_mining_args(fit)
     add_checkpoint_args(fit)
     return fit
@@ -133,7 +140,7 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
         seed = epoch_seed(cfg.seed, epoch)
         return transforms.record_iter(parts.epoch(seed, miner and miner.hard_for(epoch)),
                                       image_shape=cfg.image_shape, batch_size=cfg.batch_size, train=True,
-                                      threads=cfg.data_threads, seed=seed)
+                                      threads=cfg.data_threads, seed=seed, augment=cfg.augment)
 
     def validate(module):
         return evaluate.evaluate_set(module, dataset.val, image_shape=cfg.image_shape,
@@ -204,7 +211,7 @@ def _partial(start):
 
 def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None, writer=None):
     """(batch-end, epoch-end) callbacks of a run: speed, divergence, log, mining, metrics,
-    commit, signals.
+    commit, early stopping, signals.
 
     writer: the background.Writer that draws the curves and commits the checkpoints
     (None: they are written at once, before the next callback runs, the curve every epoch).
@@ -223,6 +230,8 @@ def default_callbacks(cfg, is_rank0, begin_epoch=0, preemption=None, miner=None,
                       callbacks.CommitCheckpoint(cfg.prefix, cfg.identity, cfg.keep, writer,
                                                  fields=miner and miner.fields)]
         writer.at_close(plot.finish)
+    if cfg.early_stopping:  # on every worker: they all validate alike, so all stop together
+        epoch_end.append(callbacks.EarlyStopping.resumed(cfg.early_stopping, cfg.prefix, begin_epoch))
     if preemption is not None:
         batch_end.append(preemption.batch_end)
         epoch_end.append(preemption.epoch_end)

@@ -48,6 +48,9 @@ def add_model_args(parser):
                             "as stage3 for a whole stage), BatchNorm statistics included; the rest trains")
     model.add_argument("--lr-mult-pretrained", metavar="X", type=float_range(0), default=1.0,
                        help="--mode full: learning-rate multiplier of pretrained layers (e.g. 0.1)")
+    model.add_argument("--label-smoothing", metavar="ALPHA", type=float_range(0, 1, high_open=True), default=0.0,
+                       help="train the new head against 1 - ALPHA on the label and ALPHA spread over the other "
+                            "classes (SoftmaxOutput smooth_alpha), ALPHA in [0, 1); predictions are unchanged")
     model.add_argument("--dtype", choices=DTYPES, default="float32",
                        help="compute type; float16 keeps float32 master weights (multi_precision)")
     return model
@@ -80,8 +83,26 @@ def network_symbol(network, num_classes, image_shape, dtype="float32"):
 
 def build_model(*, mode, network, num_classes, image_shape, dtype="float32", pretrained=None,
                 pretrained_epoch=0, model_dir="model", layer="flatten0", lr_mult_pretrained=1.0,
-                freeze_until=None):
-    """The Model for `mode`; see the module docstring."""
+                freeze_until=None, no_wd_bn_bias=False, label_smoothing=0.0):
+    """The Model for `mode`; see the module docstring.
+
+    no_wd_bn_bias: no weight decay on BatchNorm gamma/beta and biases (surgery.no_decay_names);
+    label_smoothing: the loss's smooth_alpha. Both are symbol attributes, saved with it.
+    """
+    model = _model(mode=mode, network=network, num_classes=num_classes, image_shape=image_shape, dtype=dtype,
+                   pretrained=pretrained, pretrained_epoch=pretrained_epoch, model_dir=model_dir, layer=layer,
+                   lr_mult_pretrained=lr_mult_pretrained, freeze_until=freeze_until)
+    if no_wd_bn_bias:
+        spared = surgery.no_decay_names(model.symbol)
+        model.symbol = surgery.set_wd_mult(model.symbol, spared, 0.0)
+        log.info("--no-wd-bn-bias: no weight decay on %d BatchNorm gammas/betas and biases", len(spared))
+    if label_smoothing:
+        model.symbol = surgery.set_label_smoothing(model.symbol, label_smoothing)
+    return model
+
+
+def _model(*, mode, network, num_classes, image_shape, dtype, pretrained, pretrained_epoch, model_dir, layer,
+           lr_mult_pretrained, freeze_until):
     for flag, value, given in (("--lr-mult-pretrained", f"{lr_mult_pretrained:g}", lr_mult_pretrained != 1.0),
                                ("--freeze-until", freeze_until, freeze_until)):
         if given and mode != "full":

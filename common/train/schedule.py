@@ -32,6 +32,7 @@ class Schedule:
     step_epochs: list = dataclasses.field(default_factory=list)
     factor: float = 0.1
     warmup_epochs: float = 0.0
+    clip_gradient: float = None
 
 
 def epoch_list(text):
@@ -61,6 +62,15 @@ def add_schedule_args(parser):
                        help="step schedule: decay factor, in (0, 1]")
     group.add_argument("--warmup-epochs", metavar="E", type=nonnegative_float, default=0.0,
                        help="linear warm-up from 0 to --lr over this many epochs (>= 0)")
+    group.add_argument("--no-wd-bn-bias", dest="no_wd_bn_bias", action="store_true", default=False,
+                       help="no weight decay on BatchNorm gamma/beta and on biases (MXNet already spares "
+                            "betas and biases; this also spares the gammas); only weights decay (default: off; "
+                            "on with --recipe modern)")
+    group.add_argument("--wd-bn-bias", dest="no_wd_bn_bias", action="store_false",
+                       help="MXNet's rule, --recipe classic's (default): weights and BatchNorm gammas "
+                            "decay; switches off --recipe modern's --no-wd-bn-bias")
+    group.add_argument("--clip-gradient", metavar="X", type=positive_float,
+                       help="clip every gradient element to [-X, X], X > 0 (default: no clipping)")
     return group
 
 
@@ -80,7 +90,7 @@ def schedule_from_args(args):
                     "the learning rate never reaches --lr in this run", args.warmup_epochs, args.num_epochs)
     return Schedule(num_epochs=args.num_epochs, lr=args.lr, mom=args.mom, wd=args.wd,
                     kind=args.lr_schedule, step_epochs=args.lr_step_epochs, factor=args.lr_factor,
-                    warmup_epochs=args.warmup_epochs)
+                    warmup_epochs=args.warmup_epochs, clip_gradient=args.clip_gradient)
 
 
 def lr_scheduler(schedule, epoch_size):
@@ -112,6 +122,8 @@ def optimizer_params(schedule, *, epoch_size, dtype, begin_update=0):
     scheduler = lr_scheduler(schedule, epoch_size)
     if scheduler is not None:
         params["lr_scheduler"] = scheduler
+    if schedule.clip_gradient is not None:
+        params["clip_gradient"] = schedule.clip_gradient
     return params
 
 

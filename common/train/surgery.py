@@ -178,10 +178,50 @@ def set_lr_mult(symbol, names, mult):
     It travels as the `__lr_mult__` attribute, which the optimizer reads by
     parameter name, so it holds for any number of devices.
     """
+    return _set_variable_attr(symbol, names, "__lr_mult__", mult)
+
+
+def set_wd_mult(symbol, names, mult):
+    """Give the variables in `names` a weight-decay multiplier (`__wd_mult__`), read by
+    the optimizer by name when Module creates it (MXNet 1.9.1 Optimizer.set_wd_mult), so
+    it holds on any number of devices and reaches a dist kvstore's servers with it."""
+    return _set_variable_attr(symbol, names, "__wd_mult__", mult)
+
+
+def _set_variable_attr(symbol, names, key, value):
     def edit(node):
         if node["op"] == "null" and node["name"] in names:
-            node.setdefault("attrs", {})["__lr_mult__"] = repr(float(mult))
+            node.setdefault("attrs", {})[key] = repr(float(value))
     return edit_nodes(symbol, edit)
+
+
+NO_DECAY_SUFFIXES = ("_gamma", "_beta", "_bias")
+
+
+def no_decay_names(symbol):
+    """The arguments --no-wd-bn-bias spares: BatchNorm gammas and betas, and biases.
+
+    MXNet's own rule (Module gives the optimizer the parameter names) already decays
+    only names ending in _weight or _gamma; the attribute makes all three explicit.
+    """
+    return {name for name in symbol.list_arguments() if name.endswith(NO_DECAY_SUFFIXES)}
+
+
+def set_label_smoothing(symbol, alpha):
+    """Every SoftmaxOutput of `symbol` with smooth_alpha=alpha: its gradient is that of the
+    cross-entropy against 1 - alpha on the label and alpha / (classes - 1) on each other
+    class. Its output, the probabilities, is unchanged, so are evaluation and prediction."""
+    def edit(node):
+        if node["op"] == "SoftmaxOutput":
+            node.setdefault("attrs", {})["smooth_alpha"] = repr(float(alpha))
+    return edit_nodes(symbol, edit)
+
+
+def label_smoothing(symbol):
+    """The smooth_alpha of `symbol`'s SoftmaxOutput (0.0 without one or without the attribute)."""
+    alphas = [float(node.get("attrs", {}).get("smooth_alpha", 0)) for node in json.loads(symbol.tojson())["nodes"]
+              if node["op"] == "SoftmaxOutput"]
+    return max(alphas, default=0.0)
 
 
 def fixed_gammas(symbol):
