@@ -52,11 +52,16 @@ def decode_image(path):
     Grayscale, CMYK, 16-bit and alpha images all come back as 3 channels.
     Returns (array, None) or (None, reason).
     """
+    data, reason = read_bytes(path)
+    return (None, reason) if reason else decode_bytes(data)
+
+
+def read_bytes(path):
+    """(a file's bytes as a uint8 array, None), or (None, the reason it cannot be read)."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8), None
     except OSError as exc:
         return None, f"cannot read: {exc.strerror}"
-    return decode_bytes(data)
 
 
 def decode_bytes(data):
@@ -93,10 +98,9 @@ def check_image(path):
     pixel per 8x8 block; the verdict is the full decode's (tests/test_prepare_resize.py
     checks it on truncated and corrupted files) at about a third of the time.
     """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        return f"cannot read: {exc.strerror}"
+    data, reason = read_bytes(path)
+    if reason:
+        return reason
     if jpeg_size(data) is None:
         return decode_bytes(data)[1]
     image = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8)
@@ -126,11 +130,8 @@ def jpeg_size(data):
 def load_image(path, size):
     """An image file decoded (3-channel BGR) with its shorter side resized to `size` px
     (0: unchanged): (array, None) or (None, reason), as decode_image then resize_shorter."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror}"
-    return decode_resized(data, size)
+    data, reason = read_bytes(path)
+    return (None, reason) if reason else decode_resized(data, size)
 
 
 def decode_resized(data, size):
