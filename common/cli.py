@@ -373,7 +373,20 @@ def software_versions():
     """Software and hardware a result was produced with, for the files that record it."""
     import platform
     import cv2
-    import mxnet as mx
     import numpy as np
-    return {"python": platform.python_version(), "mxnet": mx.__version__, "numpy": np.__version__,
+    return {"python": platform.python_version(), "mxnet": _mxnet_version(), "numpy": np.__version__,
             "opencv": cv2.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def _mxnet_version():
+    """MXNet's version, from the installed package's metadata unless MXNet is loaded:
+    prepare_data.sh does not import it (1.5-2 s) just to record its version."""
+    import importlib.metadata
+    loaded = sys.modules.get("mxnet")
+    if loaded is not None:
+        return loaded.__version__
+    try:
+        return importlib.metadata.version("mxnet")
+    except importlib.metadata.PackageNotFoundError:
+        import mxnet as mx  # an MXNet on the path without package metadata (a source build)
+        return mx.__version__

@@ -137,16 +137,16 @@ def test_a_kill_while_packing_keeps_the_previous_rec_and_idx(packed):
     root, items, rec, idx, old_rec, old_idx = packed
     child = run_child("""
         import json, os, signal, sys
-        import mxnet as mx
+        from common import records
         from common.prep.pack import pack_set
         root, rec, idx, items = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-        real_write = mx.recordio.MXIndexedRecordIO.write_idx
-        def write_then_die(self, index, buf):  # three records reach the files, then a kill
-            real_write(self, index, buf)
-            if index == 2:
-                self.fidx.flush()
+        real_write = records.RecordWriter.write
+        def write_then_die(self, key, label, payload):  # three records reach the files, then a kill
+            real_write(self, key, label, payload)
+            if key == 2:
+                self._idx.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
-        mx.recordio.MXIndexedRecordIO.write_idx = write_then_die
+        records.RecordWriter.write = write_then_die
         pack_set(root, items, rec, idx, resize=24, quality=50, workers=1, desc="pack")
         """, root, rec, idx, json.dumps(items))
     assert child.returncode == -signal.SIGKILL, child.stderr

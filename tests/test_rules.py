@@ -64,6 +64,18 @@ def test_spawned_preparation_workers_run_without_mxnet(tmp_path):
         assert loaded == []  # ... without MXNet (or matplotlib, scikit-learn)
 
 
+def test_a_whole_preparation_runs_with_mxnet_unimportable(tmp_path):
+    # Beyond rule 1: packing writes RecordIO itself and records MXNet's version from
+    # the package's metadata, so a run never pays MXNet's 1.5-2 s import.
+    from tools.imagegen import make_class_tree
+    make_class_tree(str(tmp_path / "src"), [4, 4], min_side=20, max_side=40)
+    fresh_python("import sys; sys.modules['mxnet'] = None; from common.prep.main import main; "
+                 f"main(['--src', {str(tmp_path / 'src')!r}, '--out', {str(tmp_path / 'out')!r}, "
+                 "'--train-per-class', '2', '--resize', '16', '--num-thread', '2'])")
+    labels = records.read_labels(str(tmp_path / "out" / "src-train.rec"), str(tmp_path / "out" / "src-train.idx"))
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
 # ---------------------------------------------------------------- rule 2
 
 def imported_modules(path):

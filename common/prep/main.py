@@ -24,7 +24,7 @@ from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_di
                       write_json_atomic, write_text_atomic)
 from .imagefolder import check_file, lst_text, scan_tree, split_class
 from .labels import add_labels_args, report_lines, scan_labelled, stamp_key
-from .parallel import parallel_map
+from .parallel import WorkerPool, parallel_map
 from .pack import pack_set
 
 log = logging.getLogger(__name__)
@@ -128,17 +128,18 @@ def prepare(args, created):
     scan, labels = _scan_source(args, root)
     if labels:
         source["labels_csv"] = os.path.abspath(args.labels_csv)
-    reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
-                           args.num_thread, _hidden(args.out, prefix, "check-cache"), args.force)
-    splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
-                                args.train_per_class, args.val_per_class)
-              for name, files in scan.classes}
-    names = [name for name, _ in scan.classes]
-    write_text_atomic(os.path.join(args.out, f"{prefix}-classes.txt"), "".join(f"{n}\n" for n in names))
-    lists = {}
-    for index, set_name in enumerate(SETS):
-        items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
-        lists[set_name] = _write_set(args, prefix, root, set_name, items, stamp_key(labels))
+    with WorkerPool(args.num_thread) as workers:  # one set of processes checks and packs
+        reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
+                               workers, _hidden(args.out, prefix, "check-cache"), args.force)
+        splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
+                                    args.train_per_class, args.val_per_class)
+                  for name, files in scan.classes}
+        names = [name for name, _ in scan.classes]
+        write_text_atomic(os.path.join(args.out, f"{prefix}-classes.txt"), "".join(f"{n}\n" for n in names))
+        lists = {}
+        for index, set_name in enumerate(SETS):
+            items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
+            lists[set_name] = _write_set(args, prefix, root, set_name, items, workers, stamp_key(labels))
     summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists, labels)
     write_json_atomic(summary_path(args.out, prefix), summary)
     print_report(summary, args.out)
@@ -265,6 +266,7 @@ def _scan(root, include_clutter):
 def check_images(root, rel_paths, workers, cache_path, force=False):
     """Decode every image once; returns {relative path: None or reason unusable}.
 
+    workers: a process count or a WorkerPool (parallel_map).
     Results are cached in `cache_path` by (size, mtime), so a rerun only decodes
     files that changed.
     """
@@ -283,7 +285,7 @@ def check_images(root, rel_paths, workers, cache_path, force=False):
     return {rel: entries[rel][2] for rel in rel_paths}
 
 
-def _write_set(args, prefix, root, set_name, items, labels_key=None):
+def _write_set(args, prefix, root, set_name, items, workers, labels_key=None):
     """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx.
 
     The pack's stamp records everything its bytes depend on: the list, each listed
@@ -309,7 +311,7 @@ def _write_set(args, prefix, root, set_name, items, labels_key=None):
         if not items:
             log.warning("the %s set is empty", set_name)
         pack_set(root, items, base + ".rec", base + ".idx", resize=args.resize, quality=args.quality,
-                 workers=args.num_thread, desc=f"pack {set_name}")
+                 workers=workers, desc=f"pack {set_name}")
         stamp.update(rec_bytes=os.path.getsize(base + ".rec"), idx_bytes=os.path.getsize(base + ".idx"))
         write_json_atomic(stamp_path, stamp)
     return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",

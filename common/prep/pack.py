@@ -2,8 +2,9 @@
 
 Each record is `mx.recordio.pack(IRHeader(flag=0, label, id=index, id2=0), jpeg)`,
 as `im2rec.py` writes it, so `mx.io.ImageRecordIter` and
-`mx.recordio.MXIndexedRecordIO` read the files unchanged. Images are stored as
-JPEG of the BGR array (MXNet's decoder turns them back into RGB).
+`mx.recordio.MXIndexedRecordIO` read the files unchanged; records.RecordWriter
+writes them without MXNet. Images are stored as JPEG of the BGR array (MXNet's
+decoder turns them back into RGB).
 """
 import os
 
@@ -12,6 +13,7 @@ import cv2
 from .parallel import parallel_map
 from ..cli import UserError
 from ..fsutil import atomic_output
+from ..records import RecordWriter, read_keys, read_labels
 from ..transforms import load_image
 
 
@@ -30,43 +32,33 @@ def encode_record(job):
 def pack_set(root, items, rec_path, idx_path, *, resize, quality, workers, desc):
     """Write `items` [(label, path relative to root)] as records 0..n-1.
 
-    Both files are written under temporary names; the record count is checked
-    against `items` before they are renamed. An image that no longer decodes
-    (it changed since it was checked) aborts the set with UserError: a record is
-    never silently dropped.
+    workers: a process count or a WorkerPool (parallel_map). Both files are written
+    under temporary names; the record count is checked against `items` before they
+    are renamed. An image that no longer decodes (it changed since it was checked)
+    aborts the set with UserError: a record is never silently dropped.
     """
-    import mxnet as mx  # imported here: the spawned workers must not load MXNet
     jobs = [(os.path.join(root, rel), resize, quality) for _, rel in items]
     with atomic_output(idx_path) as tmp_idx, atomic_output(rec_path) as tmp_rec:
-        writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, "w")
-        try:
+        with RecordWriter(tmp_rec, tmp_idx) as writer:
             results = parallel_map(encode_record, jobs, workers, desc)
             for index, ((label, rel), (payload, reason)) in enumerate(zip(items, results)):
                 if reason:
                     raise UserError(f"{rel} can no longer be read ({reason}); "
                                     f"it changed after it was checked: run again")
-                header = mx.recordio.IRHeader(0, float(label), index, 0)
-                writer.write_idx(index, mx.recordio.pack(header, payload))
-        finally:
-            writer.close()
+                writer.write(index, label, payload)
         verify_records(tmp_idx, tmp_rec, [label for label, _ in items])
 
 
 def verify_records(idx_path, rec_path, labels):
-    """Check a .rec/.idx pair holds exactly len(labels) records with these labels.
-
-    Reads the index and every record header (not the image bytes' decoding).
-    Raises UserError on any mismatch.
-    """
-    import mxnet as mx
-    reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
-    try:
-        if len(reader.keys) != len(labels):
-            raise UserError(f"{rec_path}: {len(reader.keys)} records, expected {len(labels)}")
-        for index, label in enumerate(labels):
-            header, payload = mx.recordio.unpack(reader.read_idx(index))
-            if header.id != index or header.label != float(label) or not payload:
-                raise UserError(f"{rec_path}: record {index} has id {header.id}, label "
-                                f"{header.label}; expected id {index}, label {label}")
-    finally:
-        reader.close()
+    """Check a .rec/.idx pair holds exactly len(labels) records, ids 0..n-1, with
+    these labels, each record's framing intact (records.read_labels: every header
+    and part, not the images' decoding). Raises UserError on any mismatch."""
+    if not labels:
+        return  # an empty set's .idx is empty, which read_labels refuses
+    found, keys = read_labels(rec_path, idx_path), read_keys(idx_path)
+    if len(found) != len(labels):
+        raise UserError(f"{rec_path}: {len(found)} records, expected {len(labels)}")
+    for index, (key, label, expected) in enumerate(zip(keys, found, labels)):
+        if key != index or label != float(expected):
+            raise UserError(f"{rec_path}: record {index} has id {key}, label "
+                            f"{label}; expected id {index}, label {expected}")

@@ -25,30 +25,68 @@ def _init_worker():
     cv2.setNumThreads(1)
 
 
+class WorkerPool:
+    """`workers` spawned processes, started at the first parallel_map that needs
+    them and shared by every later one: a run spawns its workers once (a spawn
+    imports NumPy and OpenCV afresh, ~0.3 s of CPU a worker), not once per step.
+    With one worker nothing is spawned. Use it as a context manager: leaving it
+    terminates the processes.
+    """
+
+    def __init__(self, workers):
+        self.workers = workers
+        self._pool = None
+
+    def get(self):
+        if self._pool is None:
+            with _sigint_blocked():
+                self._pool = _CONTEXT.Pool(self.workers, initializer=_init_worker)
+        return self._pool
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def parallel_map(func, items, workers, desc, unit="img", chunksize=8):
-    """Yield func(item) for each item, in order, using `workers` processes.
+    """Yield func(item) for each item, in order, using `workers` processes: a
+    count (a pool of its own, closed at the end) or a WorkerPool (left open).
 
     `func` must be a module-level function (it is pickled by name). With one
-    worker everything runs in this process.
+    worker, or one item, everything runs in this process.
     """
     items = list(items)
     if not items:
         return
+    shared = isinstance(workers, WorkerPool)
+    count = workers.workers if shared else workers
     with progress(total=len(items), desc=desc, unit=unit) as bar:
-        if workers <= 1 or len(items) <= 1:
+        if count <= 1 or len(items) <= 1:
             for item in items:
                 yield _counted(bar, len(items), func(item))
             return
-        pool = None
+        pool = workers if shared else WorkerPool(min(count, len(items)))
         try:
-            with _sigint_blocked():
-                pool = _CONTEXT.Pool(min(workers, len(items)), initializer=_init_worker)
-            for result in pool.imap(func, items, chunksize=chunksize):
+            for result in pool.get().imap(func, items, chunksize=chunksize):
                 yield _counted(bar, len(items), result)
+        except BaseException:
+            # Stopped early (an error, Ctrl-C, the consumer quit): its workers may
+            # still be busy with this map's items. A consumer that stops pulling after
+            # the last result (zip) closes a generator with nothing left to do.
+            if bar.n < len(items):
+                pool.close()
+            raise
         finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+            if not shared:
+                pool.close()
 
 
 @contextlib.contextmanager
