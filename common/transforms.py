@@ -189,19 +189,31 @@ def _shorter_side_shape(height, width, size):
     return max(1, height * size // width), size
 
 
+# Shrinking by at most this factor, INTER_LINEAR is as faithful as INTER_AREA and
+# 4-6x faster (1.0-1.5 ms of an image's 2.5 ms packing at Caltech's sizes). Measured
+# (2026-12-03) on the photographs scikit-learn and matplotlib ship (china, flower,
+# grace_hopper), against each one area-shrunk from its full resolution
+# straight to the target, the source first area-shrunk to f x the target: mean
+# absolute difference at f = 1.2 / 1.4 / 1.5 / 1.6 / 2.0, linear 2.66 2.27 2.07 2.06
+# 1.67, area 2.77 2.31 2.12 2.02 0.87 (china; flower and grace_hopper favour linear
+# up to 1.7). Beyond 1.5 linear starts to alias and INTER_AREA averages instead.
+LINEAR_SHRINK_LIMIT = 1.5
+RESIZE_FILTER = f"linear up to {LINEAR_SHRINK_LIMIT}x smaller, else area"  # in each pack's stamp
+
+
 def resize_shorter(image, size):
     """Resize an HxWxC image so its shorter side is `size` px (0: unchanged).
 
-    Like im2rec, the longer side is floor(long * size / short). INTER_AREA when
-    shrinking (it averages instead of aliasing), INTER_LINEAR when enlarging.
+    Like im2rec, the longer side is floor(long * size / short). INTER_LINEAR when
+    enlarging or shrinking by at most LINEAR_SHRINK_LIMIT, INTER_AREA (it averages
+    instead of aliasing) when shrinking more.
     """
     height, width = image.shape[:2]
     if size <= 0 or min(height, width) == size:
         return image
     new_h, new_w = _shorter_side_shape(height, width, size)
-    shrink = size < min(height, width)
-    return cv2.resize(image, (new_w, new_h),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    area = min(height, width) > LINEAR_SHRINK_LIMIT * size
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
 
 
 def fit_to_crop(image, height, width):

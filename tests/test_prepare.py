@@ -14,6 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from common import transforms
 from common.cli import UserError
 from common.prep import main as prepare
 from common.prep.imagefolder import read_lst
@@ -208,6 +209,25 @@ def test_rerun_repacks_when_an_input_of_the_pack_changed(tmp_path, change):
         again = (out / f"photos-{name}.rec").read_bytes()
         assert again != first[index], f"{name}: the change does not show in the packed bytes"
         assert again == (fresh / f"photos-{name}.rec").read_bytes(), f"{name}: stale pack reused"
+
+
+def test_a_pack_made_with_another_resize_filter_is_repacked(tmp_path):
+    # Packs of earlier versions were all INTER_AREA, and their stamps name no filter:
+    # predict.py resizes with today's, so such a pack is redone, not reused.
+    src = write_bmp_tree(str(tmp_path / "photos"))
+    out = tmp_path / "out"
+    run_prepare(src, out, "--train-per-class", "3")
+    stamp_path = out / ".photos-train-done.json"
+    stamp = json.loads(stamp_path.read_text())
+    assert stamp["resize_filter"] == transforms.RESIZE_FILTER
+    del stamp["resize_filter"]
+    shutil.copy(out / "photos-val.rec", out / "photos-train.rec")  # bytes a reuse would keep
+    shutil.copy(out / "photos-val.idx", out / "photos-train.idx")
+    stamp.update(rec_bytes=os.path.getsize(out / "photos-train.rec"), idx_bytes=os.path.getsize(out / "photos-train.idx"))
+    stamp_path.write_text(json.dumps(stamp))
+    run_prepare(src, out, "--train-per-class", "3")
+    assert json.loads(stamp_path.read_text())["resize_filter"] == transforms.RESIZE_FILTER
+    assert (out / "photos-train.rec").read_bytes() != (out / "photos-val.rec").read_bytes()
 
 
 def test_rerun_skips_finished_sets_and_force_repacks(src, tmp_path):

@@ -22,6 +22,7 @@ from ..cli import (HelpFormatter, MissingFile, OneLineArgumentParser, UserError,
                   positive_int, run_entry, setup_logging, software_versions)
 from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_digest,
                       write_json_atomic, write_text_atomic)
+from ..transforms import RESIZE_FILTER
 from .imagefolder import check_file, lst_text, scan_tree, split_class
 from .labels import add_labels_args, report_lines, scan_labelled, stamp_key
 from .parallel import WorkerPool, parallel_map
@@ -292,13 +293,16 @@ def _write_set(args, prefix, root, set_name, items, workers, labels_key=None):
     file's size and mtime (an image rewritten in place changes them), --resize,
     --quality and the source folder; and `labels_key`, the labels CSV's digest and
     columns (labels.stamp_key; None for class folders, as in stamps written before
-    there were CSVs, so that those packs stay current).
+    there were CSVs, so that those packs stay current). And the resize filter
+    (transforms.RESIZE_FILTER): a pack made with another one is repacked, so that
+    predict.py's resize stays the packed one.
     """
     base = os.path.join(args.out, f"{prefix}-{set_name}")
     text = lst_text(items)
     stamp = {"lst_sha256": text_digest(text), "records": len(items),
              "files_sha256": files_digest(root, items),
              "resize": args.resize,
+             "resize_filter": RESIZE_FILTER,
              "quality": args.quality,
              "root": os.path.abspath(root),
              "labels_csv": labels_key}
