@@ -90,23 +90,6 @@ _REDUCED_DECODES = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLO
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def check_image(path):
-    """Reason the image file is unusable (decode_image's), or None if OpenCV decodes it.
-
-    A JPEG is decoded at 1/8 scale: libjpeg still parses every header and entropy-decodes
-    every block (where truncation and corruption show), only its inverse DCT writes one
-    pixel per 8x8 block; the verdict is the full decode's (tests/test_prepare_resize.py
-    checks it on truncated and corrupted files) at about a third of the time.
-    """
-    data, reason = read_bytes(path)
-    if reason:
-        return reason
-    if jpeg_size(data) is None:
-        return decode_bytes(data)[1]
-    image = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8)
-    return None if image is not None and image.size else decode_bytes(data)[1]
-
-
 def jpeg_size(data):
     """(height, width) from a JPEG's frame header (a uint8 array), before any EXIF
     rotation; None if `data` is not a JPEG or has no frame header."""

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from common.prep.imagefolder import check_file, lst_text, read_lst, scan_tree, split_class
+from common.prep.imagefolder import lst_text, read_lst, scan_tree, split_class
+from common.prep.pack import encode_record
 from common.transforms import decode_image
 from tools.imagegen import add_problem_files, make_class_tree
 
@@ -60,8 +61,9 @@ def test_check_accepts_odd_images_as_three_channels_and_rejects_garbage(tmp_path
         assert reason is None, name
         assert image.ndim == 3 and image.shape[2] == 3, name
     for name in undecodable:
-        assert check_file(str(tmp_path / name)) is not None, name
-    assert check_file(str(tmp_path / "empty.jpg")) == "empty file (0 bytes)"
+        assert encode_record((str(tmp_path / name), 16, 90)) == (None, decode_image(str(tmp_path / name))[1]), name
+        assert decode_image(str(tmp_path / name))[1] is not None, name
+    assert encode_record((str(tmp_path / "empty.jpg"), 16, 90)) == (None, "empty file (0 bytes)")
 
 
 def test_split_is_keyed_by_seed_and_class_not_by_input_order():

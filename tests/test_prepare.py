@@ -415,3 +415,33 @@ def test_a_dataset_of_the_same_name_from_another_folder_is_refused(tmp_path):
     run_prepare(tmp_path / "b" / "images", out, "--prefix", "bugs")
     assert (out / "bugs-classes.txt").read_text().split() == ["ant", "bee", "fly"]
     assert (out / "images-classes.txt").read_text().split() == ["cat", "dog"]
+
+
+def test_each_image_is_decoded_once_by_a_whole_run(tmp_path, monkeypatch):
+    # The check's decode also encodes the record (pack.Spool): the packs decode nothing.
+    from common import transforms as transforms_module
+    src = write_bmp_tree(str(tmp_path / "photos"), counts=(5, 4))
+    calls, real = [], transforms_module.cv2.imdecode
+    monkeypatch.setattr(transforms_module.cv2, "imdecode", lambda data, flag: calls.append(flag) or real(data, flag))
+    run_prepare(src, tmp_path / "out", "--train-per-class", "3")
+    assert len(calls) == 9
+    assert [label for label, _, _ in read_records(tmp_path / "out", "train", "photos")] == [0.0] * 3 + [1.0] * 3
+    assert not [name for name in os.listdir(tmp_path / "out") if "spool" in name]
+
+
+def test_an_image_changed_after_its_check_is_packed_as_it_is_now(tmp_path):
+    from common.prep.pack import Spool, encode_record, pack_set
+    src = write_bmp_tree(str(tmp_path / "photos"), counts=(2,))
+    items = [(0, "c0/00.bmp"), (0, "c0/01.bmp")]
+    rec, idx = str(tmp_path / "x.rec"), str(tmp_path / "x.idx")
+    with Spool(str(tmp_path / "spool.tmp")) as spool:
+        for _, rel in items:
+            path = os.path.join(src, rel)
+            spool.put(rel, os.stat(path), encode_record((path, 16, 90))[0])
+        repaint(os.path.join(src, "c0/01.bmp"))  # after its check, before its pack
+        pack_set(src, items, rec, idx, resize=16, quality=90, workers=1, desc="pack", spool=spool)
+    reader = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+    payloads = [mx.recordio.unpack(reader.read_idx(key))[1] for key in (0, 1)]
+    reader.close()
+    assert payloads == [encode_record((os.path.join(src, rel), 16, 90))[0] for _, rel in items]
+    assert not os.path.exists(tmp_path / "spool.tmp")

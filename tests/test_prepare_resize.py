@@ -1,9 +1,9 @@
 """Packing's decode-and-resize shortcuts give what the full decode gives.
 
 decode_resized decodes a JPEG at least 8x the target already reduced (libjpeg's scaled
-inverse DCT) before INTER_AREA; check_image decodes JPEGs at 1/8 scale to decide
-whether they are usable. Both must keep the full decode's results: the same shapes
-(EXIF rotation included) within 1 grey level, and the same verdicts.
+inverse DCT) before INTER_AREA, and that decode is also the check of whether an image
+is usable. It must keep the full decode's results: the same shapes (EXIF rotation
+included) within 1 grey level, and the same verdicts. Shrinks up to 1.5x are linear.
 """
 import io
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from common import transforms
-from common.transforms import check_image, decode_bytes, decode_resized, resize_shorter
+from common.prep.pack import encode_record
+from common.transforms import decode_bytes, decode_resized, resize_shorter
 from tools.imagegen import add_problem_files, class_image
 
 TARGET = 32  # shorter side after resizing, px
@@ -83,6 +84,7 @@ def test_the_exif_orientation_is_applied_as_the_full_decode_applies_it(orientati
 
 
 def test_the_check_gives_the_full_decodes_verdict_on_damaged_jpegs(tmp_path, decodes):
+    # The check is packing's decode (encode_record), reduced for a JPEG >= 8x the target.
     data = jpeg(photo(np.random.default_rng(1), 90, 120)).tobytes()
     rng = np.random.default_rng(2)
     damaged = {f"cut{n}.jpg": data[:n] for n in (0, 2, 3, 20, 100, 300, len(data) // 2, len(data) - 2)}
@@ -96,8 +98,8 @@ def test_the_check_gives_the_full_decodes_verdict_on_damaged_jpegs(tmp_path, dec
     add_problem_files(str(tmp_path))
     files = [p for p in sorted(tmp_path.iterdir()) if p.is_file()]
     for path in files:
-        assert check_image(str(path)) == decode_bytes(np.fromfile(str(path), np.uint8))[1], path.name
-    assert cv2.IMREAD_REDUCED_COLOR_8 in decodes  # the JPEGs took the 1/8 decode
+        assert encode_record((str(path), 8, 90))[1] == decode_bytes(np.fromfile(str(path), np.uint8))[1], path.name
+    assert cv2.IMREAD_REDUCED_COLOR_2 in decodes  # the JPEGs took the reduced decode
 
 
 @pytest.mark.parametrize("shorter, filter_", [(40, cv2.INTER_LINEAR), (48, cv2.INTER_LINEAR),

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import os
 
-from ..transforms import IMAGE_EXTENSIONS, check_image
+from ..transforms import IMAGE_EXTENSIONS
 
 # Files operating systems leave in image folders.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -84,11 +84,6 @@ def not_an_image(filename):
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
     return None
-
-
-def check_file(path):
-    """Reason `path` is unusable, or None if OpenCV decodes it (transforms.check_image)."""
-    return check_image(path)
 
 
 def split_class(files, class_name, seed, train_per_class, val_per_class=None):

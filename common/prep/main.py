@@ -5,8 +5,9 @@ folder of images (labels.py); everything after that is the same.
 
 Steps, each skipped when its finished output is already there (`--force` redoes
 them): download and verify the archive, extract it, check that every image
-decodes, split each class, write PREFIX-classes.txt and the .lst files, pack each
-set into .rec/.idx, write PREFIX-summary.json (one of each per dataset, so that
+decodes (the same decode resizes and encodes its record, spooled for the packs),
+split each class, write PREFIX-classes.txt and the .lst files, pack each set into
+.rec/.idx, write PREFIX-summary.json (one of each per dataset, so that
 several datasets can share an --out folder). A run that fails removes the folders it
 created, if they are still empty.
 """
@@ -23,10 +24,10 @@ from ..cli import (HelpFormatter, MissingFile, OneLineArgumentParser, UserError,
 from ..fsutil import (makedirs_tracked, read_json, remove_empty_folders, text_digest,
                       write_json_atomic, write_text_atomic)
 from ..transforms import RESIZE_FILTER
-from .imagefolder import check_file, lst_text, scan_tree, split_class
+from .imagefolder import lst_text, scan_tree, split_class
 from .labels import add_labels_args, report_lines, scan_labelled, stamp_key
 from .parallel import WorkerPool, parallel_map
-from .pack import pack_set
+from .pack import Spool, encode_record, pack_set
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,12 @@ def prepare(args, created):
     scan, labels = _scan_source(args, root)
     if labels:
         source["labels_csv"] = os.path.abspath(args.labels_csv)
-    with WorkerPool(args.num_thread) as workers:  # one set of processes checks and packs
-        reasons = check_images(root, [rel for _, files in scan.classes for rel in files],
-                               workers, _hidden(args.out, prefix, "check-cache"), args.force)
+    # One set of processes checks and packs; each image checked is encoded in the same
+    # decode, its record spooled for the pack.
+    with WorkerPool(args.num_thread) as workers, Spool(os.path.join(args.out, f".{prefix}-spool.tmp")) as spool:
+        reasons = check_images(root, [rel for _, files in scan.classes for rel in files], workers,
+                               _hidden(args.out, prefix, "check-cache"), (spool, args.resize, args.quality),
+                               args.force)
         splits = {name: split_class([rel for rel in files if reasons[rel] is None], name, args.seed,
                                     args.train_per_class, args.val_per_class)
                   for name, files in scan.classes}
@@ -140,7 +144,7 @@ def prepare(args, created):
         lists = {}
         for index, set_name in enumerate(SETS):
             items = [(label, rel) for label, name in enumerate(names) for rel in splits[name][index]]
-            lists[set_name] = _write_set(args, prefix, root, set_name, items, workers, stamp_key(labels))
+            lists[set_name] = _write_set(args, prefix, root, set_name, items, workers, spool, stamp_key(labels))
     summary = build_summary(args, source, (prefix, prefix_from), scan, reasons, splits, lists, labels)
     write_json_atomic(summary_path(args.out, prefix), summary)
     print_report(summary, args.out)
@@ -264,12 +268,13 @@ def _scan(root, include_clutter):
     return scan
 
 
-def check_images(root, rel_paths, workers, cache_path, force=False):
+def check_images(root, rel_paths, workers, cache_path, spool, force=False):
     """Decode every image once; returns {relative path: None or reason unusable}.
 
-    workers: a process count or a WorkerPool (parallel_map).
-    Results are cached in `cache_path` by (size, mtime), so a rerun only decodes
-    files that changed.
+    Each usable image decoded is also resized and encoded as its record, which goes
+    into spool = (Spool, resize, quality) for pack_set: one decode per image.
+    workers: a process count or a WorkerPool (parallel_map). Results are cached in
+    `cache_path` by (size, mtime), so a rerun only decodes files that changed.
     """
     cache = read_json(cache_path, {}) if not force else {}
     if cache.get("root") != os.path.abspath(root):
@@ -278,15 +283,24 @@ def check_images(root, rel_paths, workers, cache_path, force=False):
     stats = {rel: os.stat(os.path.join(root, rel)) for rel in rel_paths}
     todo = [rel for rel in rel_paths
             if entries.get(rel, [None, None])[:2] != [stats[rel].st_size, stats[rel].st_mtime_ns]]
-    jobs = [os.path.join(root, rel) for rel in todo]
-    for rel, reason in zip(todo, parallel_map(check_file, jobs, workers, "check")):
+    for rel, reason in zip(todo, _check_and_encode(root, todo, stats, workers, spool)):
         entries[rel] = [stats[rel].st_size, stats[rel].st_mtime_ns, reason]
     if todo:
         write_json_atomic(cache_path, {"root": os.path.abspath(root), "files": entries})
     return {rel: entries[rel][2] for rel in rel_paths}
 
 
-def _write_set(args, prefix, root, set_name, items, workers, labels_key=None):
+def _check_and_encode(root, todo, stats, workers, spool):
+    """Yield each of `todo`'s reason, spooling the records of the usable ones."""
+    spool, resize, quality = spool
+    jobs = [(os.path.join(root, rel), resize, quality) for rel in todo]
+    for rel, (payload, reason) in zip(todo, parallel_map(encode_record, jobs, workers, "check")):
+        if reason is None:
+            spool.put(rel, stats[rel], payload)
+        yield reason
+
+
+def _write_set(args, prefix, root, set_name, items, workers, spool, labels_key=None):
     """Write PREFIX-SET.lst and, unless a matching finished pack exists, .rec/.idx.
 
     The pack's stamp records everything its bytes depend on: the list, each listed
@@ -315,7 +329,7 @@ def _write_set(args, prefix, root, set_name, items, workers, labels_key=None):
         if not items:
             log.warning("the %s set is empty", set_name)
         pack_set(root, items, base + ".rec", base + ".idx", resize=args.resize, quality=args.quality,
-                 workers=workers, desc=f"pack {set_name}")
+                 workers=workers, desc=f"pack {set_name}", spool=spool)
         stamp.update(rec_bytes=os.path.getsize(base + ".rec"), idx_bytes=os.path.getsize(base + ".idx"))
         write_json_atomic(stamp_path, stamp)
     return {"lst": base + ".lst", "rec": base + ".rec", "idx": base + ".idx",
