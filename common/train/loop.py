@@ -287,10 +287,9 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
             if mean_aux is not None:
                 aux_params = mean_aux(aux_params)
             module.set_params(arg_params, aux_params)
-            saved, val = _validated(module, validate, arg_params, aux_params, ema)
+            saved, raw, val = _validated(module, validate, arg_params, aux_params, ema)
             record = epoch_record(epoch, metric, val, sched.current_lr(module), images, seconds)
-            end = callbacks.EpochEnd(epoch, module, *saved, record, val,
-                                     raw=(arg_params, aux_params) if ema else None)
+            end = callbacks.EpochEnd(epoch, module, *saved, record, val, raw=raw)
             for callback in epoch_end_callbacks:
                 callback(end)
     except callbacks.StopTraining as stop:
@@ -300,15 +299,17 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
 
 
 def _validated(module, validate, arg_params, aux_params, ema):
-    """((arg_params, aux_params) to save, validation figures): with an ema.EMA, its averages are
-    validated and saved, then the module takes its raw weights back to train on."""
+    """((arg_params, aux_params) to save, the raw ones or None, validation figures): with an
+    ema.EMA, its averages are validated and saved, then the module takes its raw weights back."""
     if ema is None:
-        return (arg_params, aux_params), validate(module)
+        return (arg_params, aux_params), None, validate(module)
+    # Copies: get_params' dicts are the Module's own, which set_params overwrites.
+    raw = tuple({k: v.copy() for k, v in params.items()} for params in (arg_params, aux_params))
     averaged = ema.merged(arg_params, aux_params)
     module.set_params(*averaged)
     val = validate(module)
-    module.set_params(arg_params, aux_params)
-    return averaged, val
+    module.set_params(*raw)
+    return averaged, raw, val
 
 
 def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None, batches=None, mix=None):
