@@ -143,7 +143,7 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     parts = sampling.EpochParts(dataset.train, rank=kv.rank, num_workers=kv.num_workers, balanced=cfg.balanced)
     miner = _miner(dataset.train, cfg, schedule.num_epochs)
     if miner:
-        miner.resume(start, evaluated)
+        miner.resume(start, module)  # its score() takes the module as evaluation must see it
 
     def train_data(epoch):
         seed = epoch_seed(cfg.seed, epoch)
@@ -167,8 +167,10 @@ def _miner(train_set, cfg, last_epoch):
     """The run's mining.HardMiner (None without --hard-mining): it scores `train_set`."""
     if not cfg.hard_mining:
         return None
-    score = lambda module: evaluate.image_losses(mixing.Unlabelled(module) if cfg.mixup else module, train_set, image_shape=cfg.image_shape,  # noqa: E731
-                                                 batch_size=cfg.batch_size, threads=cfg.data_threads)
+    # A module bound for --mixup's soft labels must not read the (N,) labels evaluation feeds.
+    score = lambda module: evaluate.image_losses(  # noqa: E731
+        mixing.Unlabelled(module) if cfg.mixup else module, train_set, image_shape=cfg.image_shape,
+        batch_size=cfg.batch_size, threads=cfg.data_threads)
     return mining.HardMiner(cfg.hard_mining, score, labels=train_set.labels, last_epoch=last_epoch)
 
 
