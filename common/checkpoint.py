@@ -52,6 +52,11 @@ def params_path(prefix, tag):
     return f"{prefix}-{_tag(tag)}.params"
 
 
+def raw_params_path(prefix, tag):
+    """The raw (not averaged) weights of an --ema run's checkpoint (common.train.ema)."""
+    return f"{prefix}-{_tag(tag)}.raw.params"
+
+
 def states_path(prefix, tag):
     return f"{prefix}-{_tag(tag)}.states"
 
@@ -114,21 +119,27 @@ def save_checkpoint(prefix, epoch, symbol, arg_params, aux_params):
     save_file_atomic(params_path(prefix, epoch), lambda tmp: mx.nd.save(tmp, arrays))
 
 
-def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info):
+def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info, raw=None):
     """Write a checkpoint's files, then its manifest, the commit marker; returns the manifest.
 
     tag: the epoch, or RESUME. write_states(tmp_path) writes the optimizer state
     (Module.save_optimizer_states). info: what the manifest records besides the
-    files (JSON values). Raises OSError when a file cannot be written; the
+    files (JSON values). raw: (arg_params, aux_params) of an --ema run's raw weights,
+    written to PREFIX-TAG.raw.params (arg_params are then the averages). Raises
+    OSError when a file cannot be written; the
     checkpoints committed before are untouched.
     """
     import mxnet as mx
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     remove_file(manifest_path(prefix, tag))  # a tag written again is not committed until its new manifest is
     arrays = _arrays(arg_params, aux_params)
+    writes = [(symbol_path(prefix), symbol.save), (params_path(prefix, tag), lambda tmp: mx.nd.save(tmp, arrays)),
+              (states_path(prefix, tag), write_states)]
+    if raw is not None:
+        raw_arrays = _arrays(*raw)
+        writes.append((raw_params_path(prefix, tag), lambda tmp: mx.nd.save(tmp, raw_arrays)))
     files = {}
-    for path, write in ((symbol_path(prefix), symbol.save), (params_path(prefix, tag),
-                        lambda tmp: mx.nd.save(tmp, arrays)), (states_path(prefix, tag), write_states)):
+    for path, write in writes:
         files[os.path.basename(path)] = save_file_atomic(path, write)
     manifest = dict(info, version=MANIFEST_VERSION, tag=tag, files=files, mxnet=mx.__version__,
                     written=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
@@ -170,7 +181,7 @@ def committed_epochs(prefix):
 def remove_checkpoint(prefix, tag):
     """Delete checkpoint `tag`: its manifest first (so it is no longer committed), then its files."""
     remove_file(manifest_path(prefix, tag))
-    for path in (params_path(prefix, tag), states_path(prefix, tag)):
+    for path in (params_path(prefix, tag), states_path(prefix, tag), raw_params_path(prefix, tag)):
         remove_file(path + ".sha256")
         remove_file(path)
 

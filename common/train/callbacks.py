@@ -29,8 +29,9 @@ class EpochEnd:
     """A finished epoch (1-based) and what it produced.
 
     arg_params/aux_params: the parameters after the epoch (BatchNorm statistics
-    averaged over devices), as saved; record: its metrics.jsonl line; val: the
-    validation figures of common.evaluate.summarize.
+    averaged over devices), as saved (with --ema, the averages); record: its
+    metrics.jsonl line; val: the validation figures of common.evaluate.summarize;
+    raw: with --ema, the raw (arg_params, aux_params) the optimizer continues from.
     """
     epoch: int
     module: object
@@ -38,6 +39,7 @@ class EpochEnd:
     aux_params: dict
     record: dict
     val: dict
+    raw: tuple = None
 
     @property
     def symbol(self):
@@ -198,10 +200,11 @@ class CommitCheckpoint:
             remove_file(taken)
             raise
         # copy() is queued on the engine: the copies are of the parameters as they are now.
-        arg_params, aux_params = ({k: v.copy() for k, v in params.items()} for params in (end.arg_params,
-                                                                                           end.aux_params))
+        arg_params, aux_params = _copies(end.arg_params), _copies(end.aux_params)
+        raw = end.raw and (_copies(end.raw[0]), _copies(end.raw[1]))
         self._submitted.append((end.epoch, end.val["acc"]))
-        self.writer.submit(lambda: self._commit(what, end.epoch, end.symbol, arg_params, aux_params, taken, info))
+        self.writer.submit(lambda: self._commit(what, end.epoch, end.symbol, arg_params, aux_params, taken, info,
+                                                raw))
 
     def superseded(self, epoch):
         """True if retention would delete epoch's checkpoint once the later ones submitted are
@@ -212,7 +215,7 @@ class CommitCheckpoint:
         best = max(submitted, key=lambda item: (item[1], -item[0]))  # the earliest of equals, as retain
         return best[0] != epoch
 
-    def _commit(self, what, epoch, symbol, arg_params, aux_params, taken, info):
+    def _commit(self, what, epoch, symbol, arg_params, aux_params, taken, info, raw=None):
         from . import resume
         if self.superseded(epoch):
             remove_file(taken)
@@ -222,7 +225,7 @@ class CommitCheckpoint:
         try:
             _committing(what, lambda: checkpoint.commit(
                 self.prefix, epoch, symbol=symbol, arg_params=arg_params, aux_params=aux_params,
-                write_states=lambda tmp: os.replace(taken, tmp), info=info))
+                write_states=lambda tmp: os.replace(taken, tmp), info=info, raw=raw))
         finally:
             remove_file(taken)
         checkpoint.remove_checkpoint(self.prefix, checkpoint.RESUME)
@@ -230,14 +233,19 @@ class CommitCheckpoint:
         log.info("committed %s (best so far: epoch %d)", checkpoint.manifest_path(self.prefix, epoch), best)
 
 
-def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None, fields=None):
+def _copies(params):
+    return {k: v.copy() for k, v in params.items()}
+
+
+def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=None, fields=None, ema=None):
     """The function that commits PREFIX-resume from a BatchEndParam (a preempted epoch).
 
     metric_state(metric): the training metric's sums, to resume them exactly.
     fields(): more for the manifest to record (as CommitCheckpoint's), or None.
     With a dist kvstore every worker calls it: gather_aux(aux_params) adds the
     other workers' BatchNorm statistics (dist.DistSync.with_worker_aux), and only
-    rank 0 has write=True.
+    rank 0 has write=True. ema: the run's ema.EMA, whose averages are then the .params
+    and the raw weights the .raw.params.
     """
     def commit(param):
         module = param.locals["module"]
@@ -246,13 +254,16 @@ def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=N
             aux_params = gather_aux(aux_params)
         if not write:
             return
+        raw = None
+        if ema is not None:
+            raw, (arg_params, aux_params) = (arg_params, aux_params), ema.merged(arg_params, aux_params)
         info = {"epoch": param.epoch, "batch": param.nbatch + 1, "run": identity,
                 "num_update": module._optimizer.num_update,
                 "train_state": {"images": param.locals["images"], "seconds": param.locals["seconds"],
                                 "metric": metric_state(param.eval_metric)}, **(fields() if fields else {})}
         _committing(f"epoch {param.epoch}, batch {param.nbatch + 1}", lambda: checkpoint.commit(
             prefix, checkpoint.RESUME, symbol=module.symbol, arg_params=arg_params, aux_params=aux_params,
-            write_states=module.save_optimizer_states, info=info))
+            write_states=module.save_optimizer_states, info=info, raw=raw))
         log.info("committed the mid-epoch checkpoint %s (epoch %d, batch %d)",
                  checkpoint.manifest_path(prefix, checkpoint.RESUME), param.epoch, param.nbatch + 1)
     return commit

@@ -17,7 +17,8 @@ import dataclasses
 import logging
 import time
 
-from . import background as bg, callbacks, dist, mining, preempt, sampling, schedule as sched
+from . import background as bg, callbacks, dist, ema as averaging, mining, mixup as mixing, preempt, sampling
+from . import schedule as sched, surgery
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
 from ..cli import int_at_least, nonnegative_int, positive_int
@@ -49,7 +50,9 @@ class RunConfig:
     balanced: class-balanced sampling (common.train.sampling). hard_mining: the
     fraction of training images seen twice in the next epoch (common.train.mining), or None.
     augment: the training iterator's transforms.Augment, or None. early_stopping: the
-    patience in epochs (callbacks.EarlyStopping), or None.
+    patience in epochs (callbacks.EarlyStopping), or None. mixup: Beta's alpha of
+    --mixup (common.train.mixup), 0 for none. ema: the decay of --ema (common.train.ema),
+    0 for none.
     """
     prefix: str
     batch_size: int
@@ -67,6 +70,8 @@ class RunConfig:
     hard_mining: float = None
     augment: object = None
     early_stopping: int = None
+    mixup: float = 0.0
+    ema: float = 0.0
 
 
 def add_fit_args(parser):
@@ -93,6 +98,8 @@ def add_fit_args(parser):
                      help="stop once validation accuracy has not improved for PATIENCE epochs (>= 1); the "
                           "best epoch's checkpoint is kept (default: train every epoch)")
     mining.add_mining_args(fit)
+    mixing.add_mixup_args(fit)
+    averaging.add_ema_args(fit)
     add_checkpoint_args(fit)
     return fit
 
@@ -131,10 +138,12 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
     """
     module = bind(model, contexts, cfg)
     start_params(module, model, cfg, start, rank=kv.rank)
+    # Evaluation feeds (N,) labels; a module bound for mixup's soft ones must not read them.
+    evaluated = mixing.Unlabelled(module) if cfg.mixup else module
     parts = sampling.EpochParts(dataset.train, rank=kv.rank, num_workers=kv.num_workers, balanced=cfg.balanced)
     miner = _miner(dataset.train, cfg, schedule.num_epochs)
     if miner:
-        miner.resume(start, module)
+        miner.resume(start, module)  # its score() takes the module as evaluation must see it
 
     def train_data(epoch):
         seed = epoch_seed(cfg.seed, epoch)
@@ -143,29 +152,33 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
                                       threads=cfg.data_threads, seed=seed, augment=cfg.augment)
 
     def validate(module):
-        return evaluate.evaluate_set(module, dataset.val, image_shape=cfg.image_shape,
+        return evaluate.evaluate_set(evaluated, dataset.val, image_shape=cfg.image_shape,
                                      batch_size=cfg.batch_size, threads=cfg.data_threads,
                                      num_classes=dataset.num_classes, top_k=cfg.top_k).figures
 
+    mix = cfg.mixup and mixing.Mixup(cfg.mixup, dataset.num_classes, smoothing=surgery.label_smoothing(model.symbol),
+                                     seed=cfg.seed, rank=kv.rank)
     with parts:
         return train_module(module, kv, schedule, cfg, start, num_examples=len(dataset.train),
-                            train_data=train_data, validate=validate, miner=miner)
+                            train_data=train_data, validate=validate, miner=miner, mix=mix or None)
 
 
 def _miner(train_set, cfg, last_epoch):
     """The run's mining.HardMiner (None without --hard-mining): it scores `train_set`."""
     if not cfg.hard_mining:
         return None
-    score = lambda module: evaluate.image_losses(module, train_set, image_shape=cfg.image_shape,  # noqa: E731
-                                                 batch_size=cfg.batch_size, threads=cfg.data_threads)
+    # A module bound for --mixup's soft labels must not read the (N,) labels evaluation feeds.
+    score = lambda module: evaluate.image_losses(  # noqa: E731
+        mixing.Unlabelled(module) if cfg.mixup else module, train_set, image_shape=cfg.image_shape,
+        batch_size=cfg.batch_size, threads=cfg.data_threads)
     return mining.HardMiner(cfg.hard_mining, score, labels=train_set.labels, last_epoch=last_epoch)
 
 
-def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate, miner=None):
+def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate, miner=None, mix=None):
     """The epochs of a bound, initialized `module`, with the optimizer, the callbacks and
     the preemption handling of every run; returns the last EpochEnd.
 
-    num_examples: training images an epoch; train_data(epoch), validate(module): as fit's.
+    num_examples: training images an epoch; train_data(epoch), validate(module), mix: as fit's.
     miner: a mining.HardMiner, whose hard set every manifest records, or None.
     """
     epoch_size = sched.updates_per_epoch(num_examples, cfg.batch_size, kv.num_workers)
@@ -173,9 +186,10 @@ def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, 
                            epoch_size=epoch_size)
     if start.tag is not None:
         module.load_optimizer_states(checkpoint.states_path(cfg.prefix, start.tag))
+    ema = cfg.ema and averaging.EMA(module, cfg.ema, averaging.start_values(cfg.prefix, start)) or None
     commit_mid_epoch = callbacks.commit_mid_epoch(cfg.prefix, cfg.identity, metric_state, write=kv.rank == 0,
                                                   gather_aux=sync and sync.with_worker_aux,
-                                                  fields=miner and miner.fields)
+                                                  fields=miner and miner.fields, ema=ema)
     writer = bg.Writer()
     # Rank 0 alone requeues a dist job: once for the job, not once per worker. The writer's
     # block is the inner one: the run's last writes end while the signals are still caught.
@@ -183,10 +197,12 @@ def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, 
                             settle=writer.join) as stops, writer:
         batch_end, epoch_end = default_callbacks(cfg, is_rank0=kv.rank == 0, begin_epoch=start.epoch,
                                                  preemption=stops, miner=miner, writer=writer)
+        # The average takes each batch first: a mid-epoch commit after it holds that batch's.
+        batch_end = ([ema.batch_end] if ema else []) + batch_end
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
                    validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
                    epoch_end_callbacks=epoch_end, partial=_partial(start),
-                   batches=epoch_size if sync else None, mean_aux=sync and sync.mean_aux)
+                   batches=epoch_size if sync else None, mean_aux=sync and sync.mean_aux, mix=mix, ema=ema)
 
 
 def _init_optimizer(module, kv, schedule, cfg, *, begin_update, epoch_size):
@@ -248,13 +264,16 @@ def epoch_seed(seed, epoch):
 
 
 def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=(),
-        partial=None, batches=None, mean_aux=None):
+        partial=None, batches=None, mean_aux=None, mix=None, ema=None):
     """Train a bound, initialized `module` for each epoch number in `epochs` (1-based).
 
     train_data(epoch): a fresh training iterator for that epoch; validate(module):
     the validation figures; partial: the first epoch's Partial when a mid-epoch
     checkpoint began it; batches: train at most this many batches an epoch;
-    mean_aux(aux_params): the BatchNorm statistics every worker takes (dist.DistSync). Returns the last epoch's EpochEnd (None for no epoch).
+    mean_aux(aux_params): the BatchNorm statistics every worker takes (dist.DistSync);
+    mix(batch, epoch, nbatch): (the batch to train on, the labels of the training metric),
+    a mixup.Mixup, or None; ema: the run's ema.EMA, whose averages are validated and
+    saved, or None. Returns the last epoch's EpochEnd (None for no epoch).
     A StopTraining from a callback ends the loop; it carries the last finished
     EpochEnd: from an epoch-end callback, that epoch's (the callbacks before it ran).
     """
@@ -262,7 +281,7 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
     try:
         for index, epoch in enumerate(epochs):
             images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks,
-                                          partial if index == 0 else None, batches)
+                                          partial if index == 0 else None, batches, mix)
             # Each device keeps its own BatchNorm statistics; get_params averages them.
             # Every device takes that average, the one the checkpoint saves, so that
             # validation and a resumed run use exactly what an unbroken run uses.
@@ -270,9 +289,9 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
             if mean_aux is not None:
                 aux_params = mean_aux(aux_params)
             module.set_params(arg_params, aux_params)
-            val = validate(module)
+            saved, raw, val = _validated(module, validate, arg_params, aux_params, ema)
             record = epoch_record(epoch, metric, val, sched.current_lr(module), images, seconds)
-            end = callbacks.EpochEnd(epoch, module, arg_params, aux_params, record, val)
+            end = callbacks.EpochEnd(epoch, module, *saved, record, val, raw=raw)
             for callback in epoch_end_callbacks:
                 callback(end)
     except callbacks.StopTraining as stop:
@@ -281,13 +300,27 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
     return end
 
 
-def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None, batches=None):
+def _validated(module, validate, arg_params, aux_params, ema):
+    """((arg_params, aux_params) to save, the raw ones or None, validation figures): with an
+    ema.EMA, its averages are validated and saved, then the module takes its raw weights back."""
+    if ema is None:
+        return (arg_params, aux_params), None, validate(module)
+    # Copies: get_params' dicts are the Module's own, which set_params overwrites.
+    raw = tuple({k: v.copy() for k, v in params.items()} for params in (arg_params, aux_params))
+    averaged = ema.merged(arg_params, aux_params)
+    module.set_params(*averaged)
+    val = validate(module)
+    module.set_params(*raw)
+    return averaged, raw, val
+
+
+def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=None, batches=None, mix=None):
     """One pass over data_iter (its first `batches` batches); returns (images seen, seconds).
 
     partial: a Partial of this epoch. Its batches are read again without being
     trained, so that the iterator hands out the rest as an unbroken run's did.
-    Batch-end callbacks get locals 'module', 'batch', and 'images' and 'seconds'
-    of the epoch so far.
+    mix: as fit's. Batch-end callbacks get locals 'module', 'batch', and 'images' and
+    'seconds' of the epoch so far.
     """
     import mxnet as mx
     metric.reset()
@@ -301,10 +334,11 @@ def train_epoch(module, data_iter, metric, epoch, batch_end_callbacks, partial=N
             break
         if nbatch < skip:
             continue
-        module.forward_backward(batch)
+        trained, labels = mix(batch, epoch, nbatch) if mix else (batch, batch.label)
+        module.forward_backward(trained)
         module.update()
         # update_metric reads the outputs back, which also waits for this batch
-        module.update_metric(metric, batch.label)
+        module.update_metric(metric, labels)
         images += batch.data[0].shape[0] - batch.pad
         param = mx.model.BatchEndParam(epoch=epoch, nbatch=nbatch, eval_metric=metric, locals={
             "module": module, "batch": batch, "images": images, "seconds": spent + time.time() - tic})
@@ -356,8 +390,10 @@ def bind(model, contexts, cfg):
     """A training Module of model.symbol on `contexts`, bound for cfg's batch and input shape."""
     import mxnet as mx
     module = mx.mod.Module(model.symbol, context=contexts, fixed_param_names=model.fixed or None)
-    module.bind(data_shapes=[("data", (cfg.batch_size,) + tuple(cfg.image_shape))],
-                label_shapes=[("softmax_label", (cfg.batch_size,))])
+    data_shape = (cfg.batch_size,) + tuple(cfg.image_shape)
+    # --mixup's labels are (N, classes) probabilities (common.train.mixup); the symbol is the same.
+    label_shape = model.symbol.infer_shape(data=data_shape)[1][0] if cfg.mixup else (cfg.batch_size,)
+    module.bind(data_shapes=[("data", data_shape)], label_shapes=[("softmax_label", label_shape)])
     return module
 
 
@@ -377,7 +413,9 @@ def start_params(module, model, cfg, start, rank=0):
     if start.tag is None:
         init_params(module, model, arg_shapes, aux_shapes, cfg.seed)
         return
-    path = checkpoint.params_path(cfg.prefix, start.tag)
+    # An --ema run's .params are the averages; the raw weights, which training continues from, lie beside.
+    raw = averaging.has_raw(start.manifest, cfg.prefix, start.tag)
+    path = (checkpoint.raw_params_path if raw else checkpoint.params_path)(cfg.prefix, start.tag)
     what = f"checkpoint {path}"
     args, aux = split_params(mx.nd.load(path), path)
     aux = dist.own_aux(aux, rank)
