@@ -49,8 +49,9 @@ def test_the_memory_ratio_is_that_of_the_two_runs_peaks(results):
     peaks = figures["peak_rss_mb"]
     assert set(peaks) == {"20", "60"}
     assert figures["prepare_rss_ratio_10x"] == pytest.approx(peaks["60"] / peaks["20"])
-    # the whole group: prepare_data.sh's Python (MXNet imported) and its 2 spawned workers
-    assert all(peak > 150 for peak in peaks.values())
+    # the whole group: prepare_data.sh's Python and its 2 spawned workers, each ~50 MB
+    # with NumPy and OpenCV loaded; one process alone stays below 100
+    assert all(peak > 100 for peak in peaks.values())
     assert all(figures["memory"][count]["samples"] >= 3 for count in peaks)
 
 
