@@ -107,6 +107,8 @@ BAD_VALUES = [("--label-smoothing", ["1", "-0.1", "x"], ">= 0 and < 1"),
               ("--crop-aspect", ["0,1", "2,1", "a,b"], "0 < MIN <= MAX"),
               ("--clip-gradient", ["0", "-1", "inf"], "> 0"),
               ("--early-stopping", ["0"], ">= 1"),
+              ("--mixup", ["-0.1", "x", "nan"], ">= 0"),
+              ("--ema", ["1", "-0.1", "x"], "< 1"),
               ("--recipe", ["fancy"], "classic")]
 
 
