@@ -28,7 +28,8 @@ import threading
 from common import cli, devices, evaluate, records, report, threads, transforms
 from common.cluster import watchdog
 from common.fsutil import write_text_atomic
-from common.train import callbacks, ema, fusion, heads, kfold, loop, mining, mixup, modes, preempt, recipe, resume
+from common.train import (callbacks, ema, fusion, heads, kfold, loop, mining, mixup, modes, multiscale, preempt,
+                          recipe, resume)
 from common.train import schedule
 
 log = logging.getLogger("train_caltech")
@@ -76,6 +77,8 @@ def main(argv=None):
                              cache=args.cache_features or args.head != "fc")
     mixup.check_mixup_args(args.mixup, cache=args.cache_features or args.head != "fc")
     ema.check_ema_args(args.ema, kv_store=args.kv_store, head=args.head)
+    args.multi_scale_sizes = multiscale.check_multiscale_args(args.multi_scale, args.image_shape,
+                                                              cache=args.cache_features or args.head != "fc")
     if args.head != "fc":
         args.num_epochs = 1  # a fitted head has one "epoch": the checkpoint it is committed as
     plan = schedule.schedule_from_args(args)
@@ -130,7 +133,8 @@ def _run(args, contexts, batch_size, dataset, kv, plan, progress):
                          seed=args.seed, dtype=args.dtype, identity=identity, keep=args.keep,
                          requeue=args.requeue, progress=progress, balanced=args.balanced_sampling,
                          hard_mining=args.hard_mining, augment=recipe.augment(args),
-                         early_stopping=args.early_stopping, mixup=args.mixup, ema=args.ema)
+                         early_stopping=args.early_stopping, mixup=args.mixup, ema=args.ema,
+                         multi_scale=args.multi_scale_sizes)
     try:
         val = cli.logging_failures(_train, _trainer(args), net, dataset, contexts, kv, plan, cfg, start)
     finally:

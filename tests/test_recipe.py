@@ -109,6 +109,7 @@ BAD_VALUES = [("--label-smoothing", ["1", "-0.1", "x"], ">= 0 and < 1"),
               ("--early-stopping", ["0"], ">= 1"),
               ("--mixup", ["-0.1", "x", "nan"], ">= 0"),
               ("--ema", ["1", "-0.1", "x"], "< 1"),
+              ("--multi-scale", ["0.4,1", "1,0.9", "1,2.5", "1", "x,y"], "0.5 <= MIN <= MAX <= 2"),
               ("--recipe", ["fancy"], "classic")]
 
 

@@ -17,7 +17,8 @@ import dataclasses
 import logging
 import time
 
-from . import background as bg, callbacks, dist, ema as averaging, mining, mixup as mixing, preempt, sampling
+from . import background as bg, callbacks, dist, ema as averaging, mining, mixup as mixing, multiscale, preempt
+from . import sampling
 from . import schedule as sched, surgery
 from .. import checkpoint, evaluate, transforms
 from ..checkpoint import match_params, split_params
@@ -52,7 +53,8 @@ class RunConfig:
     augment: the training iterator's transforms.Augment, or None. early_stopping: the
     patience in epochs (callbacks.EarlyStopping), or None. mixup: Beta's alpha of
     --mixup (common.train.mixup), 0 for none. ema: the decay of --ema (common.train.ema),
-    0 for none.
+    0 for none. multi_scale: the (height, width) sizes of --multi-scale
+    (common.train.multiscale), or None.
     """
     prefix: str
     batch_size: int
@@ -72,6 +74,7 @@ class RunConfig:
     early_stopping: int = None
     mixup: float = 0.0
     ema: float = 0.0
+    multi_scale: list = None
 
 
 def add_fit_args(parser):
@@ -100,6 +103,7 @@ def add_fit_args(parser):
     mining.add_mining_args(fit)
     mixing.add_mixup_args(fit)
     averaging.add_ema_args(fit)
+    multiscale.add_multiscale_args(fit)
     add_checkpoint_args(fit)
     return fit
 
@@ -158,9 +162,13 @@ def run(model, dataset, contexts, kv, schedule, cfg, start):
 
     mix = cfg.mixup and mixing.Mixup(cfg.mixup, dataset.num_classes, smoothing=surgery.label_smoothing(model.symbol),
                                      seed=cfg.seed, rank=kv.rank)
+    scale = cfg.multi_scale and multiscale.MultiScale(cfg.multi_scale, seed=cfg.seed, rank=kv.rank)
+    if scale:
+        scale.remember(module)
     with parts:
         return train_module(module, kv, schedule, cfg, start, num_examples=len(dataset.train),
-                            train_data=train_data, validate=validate, miner=miner, mix=mix or None)
+                            train_data=train_data, validate=validate, miner=miner,
+                            mix=multiscale.chain(mix or None, scale or None), restore=scale and scale.restore)
 
 
 def _miner(train_set, cfg, last_epoch):
@@ -174,11 +182,12 @@ def _miner(train_set, cfg, last_epoch):
     return mining.HardMiner(cfg.hard_mining, score, labels=train_set.labels, last_epoch=last_epoch)
 
 
-def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate, miner=None, mix=None):
+def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, validate, miner=None, mix=None,
+                 restore=None):
     """The epochs of a bound, initialized `module`, with the optimizer, the callbacks and
     the preemption handling of every run; returns the last EpochEnd.
 
-    num_examples: training images an epoch; train_data(epoch), validate(module), mix: as fit's.
+    num_examples: training images an epoch; train_data(epoch), validate(module), mix, restore: as fit's.
     miner: a mining.HardMiner, whose hard set every manifest records, or None.
     """
     epoch_size = sched.updates_per_epoch(num_examples, cfg.batch_size, kv.num_workers)
@@ -202,7 +211,8 @@ def train_module(module, kv, schedule, cfg, start, *, num_examples, train_data, 
         return fit(module, epochs=range(start.epoch + 1, schedule.num_epochs + 1), train_data=train_data,
                    validate=validate, metric=training_metric(cfg.top_k), batch_end_callbacks=batch_end,
                    epoch_end_callbacks=epoch_end, partial=_partial(start),
-                   batches=epoch_size if sync else None, mean_aux=sync and sync.mean_aux, mix=mix, ema=ema)
+                   batches=epoch_size if sync else None, mean_aux=sync and sync.mean_aux, mix=mix, ema=ema,
+                   restore=restore)
 
 
 def _init_optimizer(module, kv, schedule, cfg, *, begin_update, epoch_size):
@@ -264,16 +274,17 @@ def epoch_seed(seed, epoch):
 
 
 def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(), epoch_end_callbacks=(),
-        partial=None, batches=None, mean_aux=None, mix=None, ema=None):
+        partial=None, batches=None, mean_aux=None, mix=None, ema=None, restore=None):
     """Train a bound, initialized `module` for each epoch number in `epochs` (1-based).
 
     train_data(epoch): a fresh training iterator for that epoch; validate(module):
     the validation figures; partial: the first epoch's Partial when a mid-epoch
     checkpoint began it; batches: train at most this many batches an epoch;
     mean_aux(aux_params): the BatchNorm statistics every worker takes (dist.DistSync);
-    mix(batch, epoch, nbatch): (the batch to train on, the labels of the training metric),
-    a mixup.Mixup, or None; ema: the run's ema.EMA, whose averages are validated and
-    saved, or None. Returns the last epoch's EpochEnd (None for no epoch).
+    mix(batch, epoch, nbatch): (the batch to train on, the labels of the training metric):
+    a mixup.Mixup, multiscale.chain's transform, or None; ema: the run's ema.EMA, whose
+    averages are validated and saved, or None; restore(module): after each epoch's training,
+    back to the bound input shape (multiscale.MultiScale.restore), or None. Returns the last epoch's EpochEnd (None for no epoch).
     A StopTraining from a callback ends the loop; it carries the last finished
     EpochEnd: from an epoch-end callback, that epoch's (the callbacks before it ran).
     """
@@ -282,6 +293,8 @@ def fit(module, *, epochs, train_data, validate, metric, batch_end_callbacks=(),
         for index, epoch in enumerate(epochs):
             images, seconds = train_epoch(module, train_data(epoch), metric, epoch, batch_end_callbacks,
                                           partial if index == 0 else None, batches, mix)
+            if restore is not None:
+                restore(module)
             # Each device keeps its own BatchNorm statistics; get_params averages them.
             # Every device takes that average, the one the checkpoint saves, so that
             # validation and a resumed run use exactly what an unbroken run uses.
