@@ -35,7 +35,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# --full also runs bench_recipe, whose photographs come with scikit-image (requirements-bench.txt).
 bench-full: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench --full
 
 clean-venv:

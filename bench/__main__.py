@@ -5,7 +5,8 @@ Markdown table in bench/results.md.
 Each benchmark runs as its own command (python -m bench.NAME, its defaults), writing
 bench/results/NAME.json; then the figures are read back from those files, with
 their targets and conditions. --full adds ResNet-50 at 3x128x128 to bench_train's
-figures (pipeline_vs_compute_resnet50; about 10 more minutes on 2 cores).
+figures (pipeline_vs_compute_resnet50; about 10 more minutes on 2 cores) and
+bench_recipe's time to accuracy on photographs (about 30 minutes).
 
     python -m bench                         # all (~12 min on 2 cores)
     python -m bench --only bench_cached     # one, then the table again from every file
@@ -40,6 +41,8 @@ FULL_STEPS = {
     "bench_train_resnet50": ("bench.bench_train", ["--network", "resnet-50", "--image-shape", "3,128,128",
                                                    "--train-per-class", "16", "--val-per-class", "4",
                                                    "--epochs", "2", "--data-threads", "1,2,4"]),
+    # The photographs come with requirements-bench.txt (make bench-full installs it).
+    "bench_recipe": ("bench.bench_recipe", []),
 }
 # figure: (file, path to its {median, min, max} or number, target as (">=" | "<=", value) or None, what it is)
 FIGURES = {
@@ -63,6 +66,14 @@ FIGURES = {
                               "prepare_data.sh peak memory, 10k images / 1k"),
     "preflight_seconds_15k": ("bench_records", ("results", "headers_seconds"), ("<=", 10),
                               "RecordIO structure and label check of 15,360 records, seconds"),
+    "time_to_accuracy": ("bench_recipe", ("time_to_accuracy",), ("<=", 0.5),
+                         "--recipe modern's epochs to classic's final val_acc / classic's epochs (--full)"),
+    "val_acc_classic": ("bench_recipe", ("final_val_acc", "classic"), None,
+                        "photograph task, classic's final val_acc (--full)"),
+    "val_acc_modern": ("bench_recipe", ("final_val_acc", "modern"), None,
+                       "photograph task, modern's final val_acc, same epochs (--full)"),
+    "val_acc_modern_half": ("bench_recipe", ("final_val_acc", "modern-half"), None,
+                            "photograph task, modern's final val_acc in half the epochs (--full)"),
     "scaling_device_2_vs_1": ("bench_scaling", ("scaling", "ratios", "device_2_vs_1"), None,
                               "images/s, --cpus 2 --kv-store device / --cpus 1"),
     "scaling_local_2_vs_1": ("bench_scaling", ("scaling", "ratios", "local_2_vs_1"), None,

@@ -50,4 +50,4 @@ def test_an_unknown_step_is_one_line_naming_the_valid_ones(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "python -m bench: error: argument --only: unknown step 'bench_nothing'; valid: bench_train, bench_cached, "
-        "bench_prepare, bench_records, bench_scaling, bench_train_resnet50 (see --help)"]
+        "bench_prepare, bench_records, bench_scaling, bench_train_resnet50, bench_recipe (see --help)"]
