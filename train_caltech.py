@@ -17,6 +17,8 @@ if __name__ == "__main__":
     threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
     from common.cluster import watchdog
     watchdog.guard_process()  # before MXNet's import, inside which a dist server or scheduler runs
+    from common import mxload
+    mxload.import_mxnet()  # without the optional packages it would load and never use here
 
 import json
 import logging
