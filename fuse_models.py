@@ -18,8 +18,6 @@ if __name__ == "__main__":
     venv.ensure("fuse_models.py")  # before the imports below, which need the requirements
     from common import threads
     threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
-    from common import mxload
-    mxload.import_mxnet()  # without the optional packages it would load and never use here
 
 import sys
 

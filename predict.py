@@ -14,8 +14,6 @@ if __name__ == "__main__":
     venv.ensure("predict.py")  # before the imports below, which need the requirements
     from common import threads
     threads.configure()  # before MXNet is imported: every core at work (common/threads.py)
-    from common import mxload
-    mxload.import_mxnet()  # without the optional packages it would load and never use here
 
 import json
 import logging

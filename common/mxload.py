@@ -4,7 +4,7 @@ mxnet/__init__ imports, whenever they are installed, scikit-learn (model.py: a b
 class for the deprecated FeedForward) and SciPy (scipy.sparse for sparse-matrix
 conversion in ndarray, scipy.stats in test_utils and contrib.quantization's
 calibration). requirements.txt installs scikit-learn for --head logistic|svm, and
-SciPy with it, so every entry script would pay for both at start-up: `import mxnet`
+SciPy with it, so train_caltech.py (whose module imports load MXNet first) paid for both at start-up: `import mxnet`
 took 2.2 s here and 1.55 s without them (2 cores, 4 paired runs; bench_train's
 launch_to_first_batch_seconds shows it in a whole run). MXNet guards each of these imports with
 `except ImportError`, so refusing them during its import leaves it as it is without
