@@ -4,7 +4,8 @@ Markdown table in bench/results.md.
 
 Each benchmark runs as its own command (python -m bench.NAME, its defaults), writing
 bench/results/NAME.json; then the figures are read back from those files, with
-their targets and conditions. --full adds ResNet-50 at 3x128x128 to bench_train's
+their targets and conditions (a step whose file is absent keeps its figures from the
+last bench/results.json). --full adds ResNet-50 at 3x128x128 to bench_train's
 figures (pipeline_vs_compute_resnet50; about 10 more minutes on 2 cores) and
 bench_recipe's time to accuracy on photographs (about 30 minutes).
 
@@ -125,13 +126,17 @@ def run_step(name, module, options, timeout, results):
         raise UserError(f"{name} failed (exit {code}); its output is above")
 
 
-def collect(results):
+def collect(results, previous=None):
     """{figure: {value, min, max, target, met, about, source}} from RESULTS/*.json, and
-    {file: conditions}; a figure whose file is missing is left out."""
+    {file: conditions}. A figure whose file is missing keeps its entry in PREVIOUS (the
+    last --out, with its file's conditions), since RESULTS is not committed and a fresh
+    checkout that reruns one step must not drop the others; a figure in neither is left out."""
     figures, conditions = {}, {}
+    previous = previous or {}
     for figure, (source, path, target, about) in FIGURES.items():
         data = read_json(os.path.join(results, f"{source}.json"))
         if data is None:
+            _carry_over(figure, source, previous, figures, conditions)
             continue
         conditions[source] = data.get("conditions", {})
         value = data
@@ -147,6 +152,16 @@ def collect(results):
                            "target": None if target is None else f"{target[0]} {target[1]}", "met": met,
                            "about": about, "source": f"{source}.json"}
     return figures, conditions
+
+
+def _carry_over(figure, source, previous, figures, conditions):
+    """FIGURE from the previous --out, if it was measured there (its source file unchanged)."""
+    old = previous.get("figures", {}).get(figure)
+    if old is None or old.get("source") != f"{source}.json":
+        return
+    figures[figure] = old
+    if source in previous.get("conditions_by_file", {}):
+        conditions[source] = previous["conditions_by_file"][source]
 
 
 def headline_conditions(conditions):
@@ -179,7 +194,7 @@ def main(argv=None):
     os.makedirs(args.results, exist_ok=True)
     for name, (module, options) in ({} if args.collect else steps).items():
         run_step(name, module, options, args.timeout, args.results)
-    figures, conditions = collect(args.results)
+    figures, conditions = collect(args.results, read_json(args.out))
     if not figures:
         raise UserError(f"no results in {args.results}: run python -m bench without --collect first")
     head = headline_conditions(conditions)

@@ -1,5 +1,6 @@
 """python -m bench (make bench): the top-level figures are those of the steps' files, with
-their targets judged, and a missing file's figures are left out, not invented."""
+their targets judged; a missing file's figures are kept from the last --out, or left out,
+never invented."""
 import json
 import os
 import subprocess
@@ -43,6 +44,24 @@ def test_the_figures_are_the_files_and_their_targets_are_judged(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| `vs_baseline` | 1.45 (1.4-1.6) | >= 1.5 | **no** |" in table
     assert "| `pipeline_vs_compute` | 0.99 (0.95-1.02) | >= 0.97 | yes |" in table
+
+
+def test_a_step_without_its_file_keeps_its_figures_from_the_last_out(tmp_path):
+    out = tmp_path / "results.json"
+    cached = {"value": 0.15, "min": 0.14, "max": 0.16, "target": "<= 0.2", "met": True,
+              "about": "cached", "source": "bench_cached.json"}
+    stale = {**cached, "source": "bench_gone.json"}  # a figure now read from another file
+    out.write_text(json.dumps({"figures": {"cached_head_time_ratio": cached, "scaling_dist_2_vs_1": stale,
+                                           "vs_baseline": {**cached, "source": "bench_train.json"}},
+                               "conditions_by_file": {"bench_cached": {"date": "2026-12-01"}}}))
+    proc, _ = collect(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["cached_head_time_ratio"] == 0.15 and figures["figures"]["cached_head_time_ratio"] == cached
+    assert figures["conditions_by_file"]["bench_cached"] == {"date": "2026-12-01"}
+    assert figures["vs_baseline"] == 1.45  # its file is there: the file wins
+    assert "scaling_dist_2_vs_1" not in figures
+    assert "| `cached_head_time_ratio` | 0.15 (0.14-0.16) | <= 0.2 | yes |" in (tmp_path / "results.md").read_text()
 
 
 def test_an_unknown_step_is_one_line_naming_the_valid_ones(tmp_path):
