@@ -172,11 +172,16 @@ def headline_conditions(conditions):
             "batch_size": train.get("batch_size"), "date": train.get("date")}
 
 
-def markdown(figures, head):
+def markdown(figures, head, conditions=None):
+    """The table of `figures` under a line of the conditions `head`; the steps measured on
+    another date than bench_train's are named with theirs (conditions: {file: conditions})."""
+    others = {name: c.get("date") for name, c in (conditions or {}).items()
+              if name != "bench_train" and c.get("date") not in (None, head["date"])}
+    dated = "".join(f" {name} measured {date}." for name, date in others.items())
     lines = [f"Measured {head['date']}: {head['cores']} cores, {head['cpu']}, mxnet {head['mxnet']} (CPU build); "
              f"training figures: {head['network']} at {'x'.join(map(str, head['image_shape'] or []))}, "
              f"batch {head['batch_size']}, threads {head['threads']}. Ratios: median (min-max) of "
-             "interleaved rounds.", "",
+             f"interleaved rounds.{dated}", "",
              "| figure | median (min-max) | target | met | what |", "|---|---|---|---|---|"]
     for name, f in figures.items():
         spread = f"{f['value']:.3g}" + (f" ({f['min']:.3g}-{f['max']:.3g})" if f["min"] is not None else "")
@@ -200,7 +205,7 @@ def main(argv=None):
     head = headline_conditions(conditions)
     write_json_atomic(args.out, {"conditions": head, **{name: f["value"] for name, f in figures.items()},
                                  "figures": figures, "conditions_by_file": conditions})
-    table, out_md = markdown(figures, head), os.path.splitext(args.out)[0] + ".md"
+    table, out_md = markdown(figures, head, conditions), os.path.splitext(args.out)[0] + ".md"
     write_text_atomic(out_md, table)
     print(table)
     print(f"wrote {args.out} and {out_md}")

@@ -61,7 +61,10 @@ def test_a_step_without_its_file_keeps_its_figures_from_the_last_out(tmp_path):
     assert figures["conditions_by_file"]["bench_cached"] == {"date": "2026-12-01"}
     assert figures["vs_baseline"] == 1.45  # its file is there: the file wins
     assert "scaling_dist_2_vs_1" not in figures
-    assert "| `cached_head_time_ratio` | 0.15 (0.14-0.16) | <= 0.2 | yes |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "| `cached_head_time_ratio` | 0.15 (0.14-0.16) | <= 0.2 | yes |" in table
+    # The header's date is bench_train's: a row from an older run says when it was measured.
+    assert "Measured 2026-12-03T12:00:00+00:00:" in table and " bench_cached measured 2026-12-01." in table
 
 
 def test_an_unknown_step_is_one_line_naming_the_valid_ones(tmp_path):
