@@ -7,6 +7,7 @@ codes.
 """
 import argparse
 import collections
+import copy
 import logging
 import math
 import os
@@ -174,6 +175,9 @@ class _Console(logging.StreamHandler):
         pass
 
 
+_FORMATTER = logging.Formatter()
+
+
 class _EarlyRecords(logging.Handler):
     """Holds the records logged before a run's log file exists; add_log_file writes them first."""
 
@@ -182,6 +186,13 @@ class _EarlyRecords(logging.Handler):
         self.records = collections.deque(maxlen=capacity)
 
     def emit(self, record):
+        # Kept as logged, a record's args and exc_info would keep their objects alive for the
+        # whole process (on a dist worker without a log file, to its exit): a StopTraining holds
+        # the module and its kvstore, whose goodbye at interpreter exit aborts the process.
+        record = copy.copy(record)
+        if record.exc_info:
+            record.exc_text = record.exc_text or _FORMATTER.formatException(record.exc_info)
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None
         self.records.append(record)
 
 

@@ -3,6 +3,7 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 import venv as stdlib_venv
 
 import pytest
@@ -140,3 +141,36 @@ def test_processes_an_entry_rerun_in_the_venv_starts_with_another_python_rerun_t
                              "predict.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("usage: predict.py") == 3  # scheduler, server, worker
+
+
+EARLY_RECORDS = """
+import gc, logging, sys, weakref
+from common import cli
+class Held:
+    def __repr__(self):
+        return "<held>"
+cli.setup_logging(log_file_later=True)
+held = Held()
+alive = weakref.ref(held)
+logging.getLogger("t").info("stopped: %s", held)
+try:
+    raise ValueError("broken")
+except ValueError:
+    logging.getLogger("t").exception("the run failed")
+del held
+gc.collect()
+print("alive" if alive() else "freed")
+cli.remove_log_file(cli.add_log_file(sys.argv[1]))
+"""
+
+
+def test_records_kept_for_the_log_file_hold_no_objects_but_keep_their_text(tmp_path):
+    # A record's args (a StopTraining holding the module and its dist kvstore) must not
+    # outlive the logging call: a kvstore freed at interpreter exit aborts the worker.
+    log_file = tmp_path / "run.log"
+    proc = subprocess.run([sys.executable, "-c", EARLY_RECORDS, str(log_file)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["freed"]
+    text = log_file.read_text()
+    assert "stopped: <held>" in text and "the run failed" in text and "ValueError: broken" in text

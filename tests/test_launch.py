@@ -291,6 +291,49 @@ def test_a_killed_launcher_takes_its_job_with_it(data_dir, tmp_path, jobs):
     assert_all_gone(pids.values())
 
 
+# ------------------------------------------------------------------ early stopping
+
+# train_caltech.py with its validation accuracy scripted per epoch (the best is epoch 2;
+# 3 and 4 do not beat it), the same on every worker; a server or scheduler ends inside
+# MXNet's import, as in the script itself.
+SCRIPTED_TRAIN = """
+import runpy, sys
+sys.path.insert(0, {repo!r})
+from common.cluster import watchdog
+watchdog.guard_process()
+import mxnet
+from common import evaluate
+script, real, seen = {{1: 0.5, 2: 0.75, 3: 0.5, 4: 0.75, 5: 1.0}}, evaluate.evaluate_set, []
+
+def scripted(*args, **kwargs):
+    result = real(*args, **kwargs)
+    seen.append(len(seen) + 1)
+    result.figures["acc"] = script[len(seen)]
+    return result
+evaluate.evaluate_set = scripted
+sys.argv = [{train!r}, *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_early_stopping_stops_every_worker_after_the_same_epoch(data_dir, tmp_path):
+    wrapper = tmp_path / "scripted_train.py"
+    wrapper.write_text(SCRIPTED_TRAIN.format(repo=REPO, train=TRAIN))
+    prefix = tmp_path / "run"
+    command = train_command(data_dir, prefix, "--early-stopping", "2")
+    command[1] = str(wrapper)
+    command[command.index("--num-epochs") + 1] = "6"
+    code, text = run_job(job_command(command), tmp_path / "job.log")
+    assert code == 0, text
+    # Both workers stop after epoch 4: neither is left waiting on the other's pushes.
+    assert len(re.findall(r"\[worker [01]\] .*training stopped after epoch 4: --early-stopping 2", text)) == 2, text
+    with open(f"{prefix}-metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2, 3, 4]
+    with open(f"{prefix}-best.json") as f:
+        assert json.load(f)["epoch"] == 2
+    assert "best_epoch=2 best_val_acc=0.7500" in text
+
+
 # ------------------------------------------------------------------ environment, launchers
 
 PRINT_ENV = [sys.executable, "-c", "import os; print('ENV', os.environ['DMLC_ROLE'], os.environ.get('FOO'), "
