@@ -6,7 +6,7 @@ Each benchmark runs as its own command (python -m bench.NAME, its defaults), wri
 bench/results/NAME.json; then the figures are read back from those files, with
 their targets and conditions (a step whose file is absent keeps its figures from the
 last bench/results.json). --full adds ResNet-50 at 3x128x128 to bench_train's
-figures (pipeline_vs_compute_resnet50; about 10 more minutes on 2 cores) and
+figures (pipeline_vs_compute_resnet50; about 7 more minutes on 2 cores) and
 bench_recipe's time to accuracy on photographs (about 30 minutes).
 
     python -m bench                         # all (~12 min on 2 cores)
