@@ -1,7 +1,8 @@
 """Checkpoints in MXNet's model-zoo format, committed atomically and verified on load.
 
 Format: PREFIX-symbol.json + PREFIX-EPOCH.params (keys 'arg:NAME'/'aux:NAME'),
-as mx.model.save_checkpoint writes, so MXNet and every tool that reads the zoo's
+as mx.model.save_checkpoint writes (byte for byte: common/paramfile.py writes the
+.params past the page cache), so MXNet and every tool that reads the zoo's
 files load them. Unlike mx.model.save_checkpoint (which writes in place: a kill
 leaves a truncated file, and a flipped byte loads silently), a training run
 writes each checkpoint as a commit:
@@ -26,6 +27,7 @@ import logging
 import os
 import re
 
+from . import paramfile
 from .cli import MissingFile, UserError, mxnet_reason
 from .fsutil import atomic_output, file_digest, remove_file, write_json_atomic, write_text_atomic
 
@@ -92,12 +94,19 @@ def verify_digest(path):
 def save_file_atomic(path, write):
     """Call write(tmp_path), rename the result to `path`, record its digest; returns it.
 
+    write may return the hex SHA-256 of the bytes it wrote (paramfile.save does), which
+    spares reading the file back.
+
     The old PATH.sha256 goes before the rename, so that it never describes the
     new file; the new one is written after it.
     """
     with atomic_output(path) as tmp:
-        write(tmp)
-        digest = file_digest(tmp)
+        try:
+            digest = write(tmp) or file_digest(tmp)
+        except OSError as exc:
+            if exc.filename != tmp:
+                raise
+            raise OSError(exc.errno, exc.strerror, path) from None  # the file it was to be, not its temporary name
         remove_file(path + ".sha256")
     write_text_atomic(path + ".sha256", f"{digest}  {os.path.basename(path)}\n")
     return digest
@@ -112,11 +121,10 @@ def _arrays(arg_params, aux_params):
 
 def save_checkpoint(prefix, epoch, symbol, arg_params, aux_params):
     """Write PREFIX-symbol.json and PREFIX-EPOCH.params (atomic, with digests)."""
-    import mxnet as mx
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     save_file_atomic(symbol_path(prefix), symbol.save)
     arrays = _arrays(arg_params, aux_params)
-    save_file_atomic(params_path(prefix, epoch), lambda tmp: mx.nd.save(tmp, arrays))
+    save_file_atomic(params_path(prefix, epoch), lambda tmp: paramfile.save(tmp, arrays))
 
 
 def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info, raw=None):
@@ -133,11 +141,12 @@ def commit(prefix, tag, *, symbol, arg_params, aux_params, write_states, info, r
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     remove_file(manifest_path(prefix, tag))  # a tag written again is not committed until its new manifest is
     arrays = _arrays(arg_params, aux_params)
-    writes = [(symbol_path(prefix), symbol.save), (params_path(prefix, tag), lambda tmp: mx.nd.save(tmp, arrays)),
+    writes = [(symbol_path(prefix), symbol.save),
+              (params_path(prefix, tag), lambda tmp: paramfile.save(tmp, arrays)),
               (states_path(prefix, tag), write_states)]
     if raw is not None:
         raw_arrays = _arrays(*raw)
-        writes.append((raw_params_path(prefix, tag), lambda tmp: mx.nd.save(tmp, raw_arrays)))
+        writes.append((raw_params_path(prefix, tag), lambda tmp: paramfile.save(tmp, raw_arrays)))
     files = {}
     for path, write in writes:
         files[os.path.basename(path)] = save_file_atomic(path, write)

@@ -171,7 +171,7 @@ def _params(value):
     return {"fc_weight": mx.nd.full((4, 3), value)}, {"bn_moving_var": mx.nd.full((4,), value)}
 
 
-def test_a_kill_during_mx_nd_save_keeps_the_previous_params_and_digest(tmp_path):
+def test_a_kill_during_the_params_write_keeps_the_previous_params_and_digest(tmp_path):
     prefix = str(tmp_path / "run" / "net")
     symbol = mx.sym.FullyConnected(mx.sym.Variable("data"), num_hidden=4, name="fc")
     checkpoint.save_checkpoint(prefix, 2, symbol, *_params(1.0))
@@ -180,14 +180,14 @@ def test_a_kill_during_mx_nd_save_keeps_the_previous_params_and_digest(tmp_path)
     child = run_child("""
         import os, signal, sys
         import mxnet as mx
-        from common import checkpoint
-        real_save = mx.nd.save
+        from common import checkpoint, paramfile
+        real_save = paramfile.save
         def save_half_then_die(fname, data):  # half of the file reaches the disk, then a kill
             real_save(fname, data)
             with open(fname, "r+b") as f:
                 f.truncate(os.path.getsize(fname) // 2); os.fsync(f.fileno())
             os.kill(os.getpid(), signal.SIGKILL)
-        mx.nd.save = save_half_then_die
+        paramfile.save = save_half_then_die
         symbol = mx.sym.FullyConnected(mx.sym.Variable("data"), num_hidden=4, name="fc")
         checkpoint.save_checkpoint(sys.argv[1], 2, symbol, {"fc_weight": mx.nd.full((4, 3), 7.0)},
                                    {"bn_moving_var": mx.nd.full((4,), 7.0)})

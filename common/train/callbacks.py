@@ -270,7 +270,8 @@ def commit_mid_epoch(prefix, identity, metric_state, *, write=True, gather_aux=N
 
 
 def _committing(what, commit, path=None):
-    """commit(), with a failed write reported in one line (mx.nd.save fails with an MXNetError).
+    """commit(), with a failed write reported in one line (mx.nd.save, for arrays paramfile leaves
+    to it, fails with an MXNetError).
 
     path: the file being written, for the message of an OSError that names none (a
     failed f.write does not).
