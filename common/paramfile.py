@@ -77,14 +77,13 @@ def _pieces(arrays):
 def _write(path, arrays, direct):
     """Write the file through the staging buffer: whole blocks at a time, the last padded and
     cut back (ftruncate). Returns its hex SHA-256; raises _Refused if O_DIRECT is refused."""
-    import numpy as np
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
         raise _Refused() if direct and exc.errno == errno.EINVAL else exc
     try:
-        largest = max([a.size * np.dtype(a.dtype).itemsize for a in arrays.values()], default=0)
+        largest = max(map(_nbytes, arrays.values()), default=0)
         out = _Staged(fd, _buffer(largest + 2 * _BLOCK))
         for piece in _pieces(arrays):
             out.put(piece)
@@ -128,16 +127,15 @@ class _Staged:
     def _flush(self, length, data=None):
         """Write buffer[:length] (of which `data` bytes are data, default all), keep the rest."""
         data = length if data is None else data
-        view = memoryview(self.buffer)
-        self.digest.update(view[:data])
+        with memoryview(self.buffer) as view:
+            self.digest.update(view[:data])
+            done = 0
+            while done < length:
+                done += os.write(self.fd, view[done:length])
         self.size += data
-        done = 0
-        while done < length:
-            done += os.write(self.fd, view[done:length])
-        rest = self.filled - length if self.filled > length else 0
+        rest = max(self.filled - length, 0)
         self.buffer[:rest] = self.buffer[length:length + rest]
         self.filled = rest
-        view.release()
 
 
 def _nbytes(piece):
