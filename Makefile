@@ -30,8 +30,8 @@ test-slurm: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tools.demo --out demo
 
-# Packing against im2rec (~25 s), then training against the plain MXNet way (~4 min):
-# bench/results/bench_pack.json and bench_train.json, tables on stdout (bench/README.md).
+# Every benchmark of bench/__main__.py's STEPS (~12 min on 2 cores), each writing
+# bench/results/NAME.json; then bench/results.json and the table bench/results.md (bench/README.md).
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -37,7 +37,8 @@ def get_parser(add_help=True):
     group = parser.add_argument_group("scoring")
     group.add_argument("--data-val", metavar="REC", required=True,
                        help="the .rec to score (its .idx beside it), e.g. data/caltech256-val.rec")
-    group.add_argument("--data-nthreads", metavar="N", type=cli.positive_int, default=4, help="decoding threads")
+    group.add_argument("--data-nthreads", metavar="N", type=cli.positive_int,
+                       help="decoding threads (default: the most MXNet 1.9.1 uses, half the cores)")
     tta.add_tta_args(group)
     group.add_argument("--out-dir", metavar="DIR",
                        help="where the reports go (default: PREFIX-score-EPOCH, beside the checkpoint)")
@@ -49,6 +50,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     cli.setup_logging()
     args.tta_scales = tta.resolve_scales(args.tta, args.tta_scales)
+    args.data_nthreads = threads.decode_threads(args.data_nthreads)  # score.json records what decoded
     pairs = ensemble.pair_checkpoints(args.model_prefix, args.epoch)
     records.require_record_files(args.data_val, "--data-val")
     contexts = devices.contexts(args.gpus, args.cpus)

@@ -73,6 +73,7 @@ def main(argv=None):
              extra=cli.FILE_ONLY)
     args.mode = fusion.default_mode(args.mode, args.pretrained_model)
     recipe.apply(args, given)  # after the mode: some pieces apply to some modes only
+    args.data_nthreads = threads.decode_threads(args.data_nthreads)  # args.json records what decodes
     heads.check_cache_args(mode=args.mode, cache=args.cache_features, mirror=args.cache_mirror,
                            cache_dir=args.feature_cache, kv_store=args.kv_store, head=args.head)
     mining.check_mining_args(args.hard_mining, balanced=args.balanced_sampling, kv_store=args.kv_store,
@@ -207,7 +208,10 @@ def _write_run_files(prefix, args, dataset, contexts, batch_size):
     log.info("run %s: %d classes, %d training and %d validation images, batch %d on %s",
              prefix, dataset.num_classes, len(dataset.train), len(dataset.val), batch_size,
              ", ".join(resolved["contexts"]))
-    log.info("threads: %s", threads.summary(resolved["threads"]))
+    log.info("threads: %s; decoding %d thread(s) an iterator (MXNet's limit here: %d)",
+             threads.summary(resolved["threads"]), args.data_nthreads, threads.decode_limit())
+    if warning := threads.engine_warning(resolved["threads"]):
+        log.warning("%s", warning)
     return handler
 
 

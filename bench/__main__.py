@@ -33,6 +33,7 @@ OUT_JSON = os.path.join(REPO, "bench", "results.json")
 # name: (module, its options); run in this order.
 STEPS = {
     "bench_train": ("bench.bench_train", []),
+    "bench_pipeline": ("bench.bench_pipeline", []),
     "bench_cached": ("bench.bench_cached", []),
     "bench_prepare": ("bench.bench_prepare", []),
     "bench_records": ("bench.bench_records", []),
@@ -41,7 +42,7 @@ STEPS = {
 FULL_STEPS = {
     "bench_train_resnet50": ("bench.bench_train", ["--network", "resnet-50", "--image-shape", "3,128,128",
                                                    "--train-per-class", "16", "--val-per-class", "4",
-                                                   "--epochs", "2", "--data-threads", "1,2,4"]),
+                                                   "--epochs", "2"]),
     # The photographs come with requirements-bench.txt (make bench-full installs it).
     "bench_recipe": ("bench.bench_recipe", []),
 }
@@ -59,6 +60,12 @@ FIGURES = {
     "val_acc_baseline": ("bench_train", ("val_acc", "baseline"), None, "validation accuracy, baseline"),
     "launch_to_first_batch_seconds": ("bench_train", ("launch_to_first_batch_seconds",), None,
                                       "train_caltech.py: seconds from launch to its first trained batch"),
+    "iterator_vs_memory": ("bench_pipeline", ("iterator_vs_memory",), None,
+                           "one process: images/s fed by ImageRecordIter / fed from memory"),
+    "load_vs_memory": ("bench_pipeline", ("load_vs_memory",), None,
+                       "one process: images/s from memory beside a load of the iterator's CPU / alone"),
+    "iterator_cpu_share": ("bench_pipeline", ("iterator_cpu_share",), None,
+                           "the iterator's CPU seconds an epoch, share of the machine's"),
     "cached_head_time_ratio": ("bench_cached", ("cached_head_time_ratio",), ("<=", 0.2),
                                "10 last-layer epochs, --cache-features seconds / without"),
     "packing_vs_im2rec": ("bench_prepare", ("packing_vs_im2rec",), (">=", 0.9),

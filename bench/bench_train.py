@@ -30,7 +30,7 @@ from common.cli import (HelpFormatter, OneLineArgumentParser, UserError, int_at_
                         run_entry, setup_logging)
 from common.fsutil import write_json_atomic
 from common.report import read_metrics
-from common.threads import usable_cores
+from common.threads import decode_limit, usable_cores
 from common.transforms import image_shape as image_shape_arg
 from symbols import NETWORKS
 from tools.benchkit import (add_run_args, child_env, failure_line, machine, run_group, spread, thread_list,
@@ -46,13 +46,23 @@ def get_parser():
     parser = OneLineArgumentParser(prog="python -m bench.bench_train", formatter_class=HelpFormatter,
                                    description=__doc__.split("\n")[1])
     add_bench_args(parser, DEFAULT_OUT)
-    parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default="1,2",
-                        help="decode thread counts for ours, one run each after the pairs ('' for none)")
+    parser.add_argument("--data-threads", metavar="LIST", type=_thread_counts, default=_below_limit(),
+                        help="decode thread counts for ours, one run each after the pairs ('' for none; "
+                             "default: the powers of two below MXNet's limit, half the cores, which ours uses)")
     return parser
 
 
 def add_bench_args(parser, default_out):
     """The options of every training benchmark (bench_train, bench_scaling): what Bench reads."""
+    add_data_args(parser)
+    parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
+                        help="epochs per training run (the first is not counted in images/s)")
+    parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
+    add_run_args(parser, default_out)
+
+
+def add_data_args(parser):
+    """The network, batch and generated data set of Bench.prepare (bench_pipeline needs no more)."""
     parser.add_argument("--network", default="resnet-18", choices=sorted(NETWORKS), metavar="NAME",
                         help="as train_caltech.py's --network")
     parser.add_argument("--image-shape", type=image_shape_arg, default="3,64,64", help="network input C,H,W")
@@ -60,15 +70,17 @@ def add_bench_args(parser, default_out):
     parser.add_argument("--classes", metavar="C", type=positive_int, default=10)
     parser.add_argument("--train-per-class", metavar="N", type=positive_int, default=32)
     parser.add_argument("--val-per-class", metavar="N", type=positive_int, default=8)
-    parser.add_argument("--epochs", metavar="E", type=int_at_least(2), default=3,
-                        help="epochs per training run (the first is not counted in images/s)")
-    parser.add_argument("--pairs", metavar="P", type=positive_int, default=3, help="interleaved rounds")
-    add_run_args(parser, default_out)
 
 
 def _thread_counts(text):
     """argparse type: thread_list, or [] for ''."""
     return thread_list(text) if text.strip() else []
+
+
+def _below_limit():
+    """The decode thread counts worth a run beside ours: ImageRecordIter lowers any count above
+    threads.decode_limit() to it (none on 2 cores, where the limit is 1)."""
+    return ",".join(str(2 ** i) for i in range(8) if 2 ** i < decode_limit())
 
 
 class Bench:
@@ -162,7 +174,8 @@ class Bench:
 
 def run_conditions(args):
     """The machine and the options of add_bench_args, as a benchmark's conditions."""
-    return {**machine(), "cores": usable_cores(), "network": args.network, "image_shape": list(args.image_shape),
+    return {**machine(), "cores": usable_cores(), "decode_limit": decode_limit(), "network": args.network,
+            "image_shape": list(args.image_shape),
             "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
             "train_images": args.classes * args.train_per_class, "val_images": args.classes * args.val_per_class}
 

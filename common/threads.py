@@ -10,12 +10,25 @@ worker, which runs its operators on that many threads). A setting the user
 made always wins, and so does NaiveEngine's repeatability: it needs the user's
 OMP_NUM_THREADS=1 as before. The choice is logged and recorded in PREFIX-args.json.
 
+The other two knobs are not MXNet's to pick well: ImageRecordIter decodes with
+at most half the processors, whatever it is asked (decode_threads), and the
+engine keeps MXNet's one worker per context (ENGINE_WORKERS says why).
+
 Standard library only: it runs before the requirements are imported.
 """
+import logging
 import os
 import sys
 
 USER_SETTINGS = ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")
+# Engine workers per CPU context. MXNET_CPU_WORKER_NTHREADS=2 trained ResNet-18 at
+# 3x64x64 about 1.09x faster here (median of 13 interleaved pairs), but MXNet 1.9.1
+# then races on BatchNorm's moving means and variances: the same weights as NaiveEngine
+# and one worker, but 36 of 40 statistics ~5% off in runs on a quiet machine (ResNet-20
+# at 32 px too; equal in some runs under load). A wrong checkpoint, so the default of
+# 1 stays and a larger setting is warned about.
+ENGINE_WORKERS = 1
+WORKERS_SETTING = "MXNET_CPU_WORKER_NTHREADS"
 _CHOICE = {}  # what configure() did in this process
 
 
@@ -60,13 +73,14 @@ def configure(argv=None, environ=None):
 
 
 def describe(environ=None):
-    """{source, settings, cores}: where the OpenMP thread count came from and what it is.
+    """{source, settings, cores, engine_workers}: where the OpenMP thread count came from
+    and what it is, and the engine's workers per CPU context.
 
     source: "chosen" (configure set it), "environment" (the user's), or "mxnet default"
     (nothing set, e.g. main() called in a process that imported MXNet first: half the cores).
     """
     environ = os.environ if environ is None else environ
-    settings = {name: environ[name] for name in (*USER_SETTINGS, "MXNET_ENGINE_TYPE", "MXNET_CPU_WORKER_NTHREADS")
+    settings = {name: environ[name] for name in (*USER_SETTINGS, "MXNET_ENGINE_TYPE", WORKERS_SETTING)
                 if name in environ}
     if _CHOICE and environ.get("OMP_NUM_THREADS") == _CHOICE["value"]:
         source = "chosen"
@@ -76,7 +90,23 @@ def describe(environ=None):
         source = "mxnet default"
         settings["OMP_NUM_THREADS"] = str(max(1, usable_cores() // 2))
     return {"source": source, "settings": settings, "cores": usable_cores(),
-            **{k: v for k, v in _CHOICE.items() if k != "value"}}
+            "engine_workers": engine_workers(environ), **{k: v for k, v in _CHOICE.items() if k != "value"}}
+
+
+def engine_workers(environ=None):
+    """Engine worker threads per CPU context: the user's MXNET_CPU_WORKER_NTHREADS or MXNet's 1."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(WORKERS_SETTING, "").strip()
+    return int(text) if text.isdigit() else ENGINE_WORKERS
+
+
+def engine_warning(described):
+    """A warning line when the threaded engine runs more than one worker a context, or None."""
+    naive = described["settings"].get("MXNET_ENGINE_TYPE") == "NaiveEngine"
+    if described["engine_workers"] <= ENGINE_WORKERS or naive:
+        return None
+    return (f"{WORKERS_SETTING}={described['engine_workers']}: with more than one engine worker a "
+            f"context, MXNet 1.9.1 saves wrong BatchNorm moving statistics (common/threads.py)")
 
 
 def summary(described):
@@ -85,4 +115,24 @@ def summary(described):
     why = described["source"]
     if why == "chosen":
         why += f": {described['cores']} cores, {described['cpu_contexts']} CPU context(s)"
-    return f"{settings} ({why})"
+    return f"{settings} ({why}), {described['engine_workers']} engine worker(s) a context"
+
+
+def decode_limit():
+    """The most decoding threads MXNet 1.9.1's ImageRecordIter uses: half the processors
+    (omp_get_num_procs, which counts this process's affinity mask), at least one.
+    It silently lowers a larger preprocess_threads to this (iter_image_recordio_2.cc)."""
+    return max(usable_cores() // 2, 1)
+
+
+def decode_threads(requested, option="--data-nthreads"):
+    """The decoding threads an iterator gets for `requested` (None: chosen, the limit).
+
+    A request above decode_limit() is lowered to it, with a warning line: MXNet
+    would lower it silently, and the run records the count it decodes with."""
+    limit = decode_limit()
+    if requested is not None and requested > limit:
+        logging.getLogger(__name__).warning(
+            "%s %d: MXNet 1.9.1's ImageRecordIter decodes with at most half of the %d cores this "
+            "process may use; decoding with %d", option, requested, usable_cores(), limit)
+    return limit if requested is None else min(requested, limit)

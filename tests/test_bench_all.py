@@ -71,5 +71,5 @@ def test_an_unknown_step_is_one_line_naming_the_valid_ones(tmp_path):
     proc, _ = collect(tmp_path, "--only", "bench_nothing")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "python -m bench: error: argument --only: unknown step 'bench_nothing'; valid: bench_train, bench_cached, "
-        "bench_prepare, bench_records, bench_scaling, bench_train_resnet50, bench_recipe (see --help)"]
+        "python -m bench: error: argument --only: unknown step 'bench_nothing'; valid: bench_train, bench_pipeline, "
+        "bench_cached, bench_prepare, bench_records, bench_scaling, bench_train_resnet50, bench_recipe (see --help)"]
