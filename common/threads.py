@@ -10,9 +10,9 @@ worker, which runs its operators on that many threads). A setting the user
 made always wins, and so does NaiveEngine's repeatability: it needs the user's
 OMP_NUM_THREADS=1 as before. The choice is logged and recorded in PREFIX-args.json.
 
-The other two knobs are not MXNet's to pick well: ImageRecordIter decodes with
-at most half the processors, whatever it is asked (decode_threads), and the
-engine keeps MXNet's one worker per context (ENGINE_WORKERS says why).
+The other two knobs are MXNet's more than ours: ImageRecordIter decodes with at
+most half the processors, whatever it is asked (decode_threads), and the engine
+keeps MXNet's one worker per context (ENGINE_WORKERS says why).
 
 Standard library only: it runs before the requirements are imported.
 """
@@ -106,7 +106,8 @@ def engine_warning(described):
     if described["engine_workers"] <= ENGINE_WORKERS or naive:
         return None
     return (f"{WORKERS_SETTING}={described['engine_workers']}: with more than one engine worker a "
-            f"context, MXNet 1.9.1 saves wrong BatchNorm moving statistics (common/threads.py)")
+            f"context, MXNet 1.9.1 races on BatchNorm's moving statistics, and the checkpoint saves "
+            f"them (common/threads.py)")
 
 
 def summary(described):
