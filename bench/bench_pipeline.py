@@ -24,11 +24,11 @@ import json  # noqa: E402
 import os
 import sys
 
-from bench.bench_train import Bench, add_data_args
+from bench.bench_train import Bench, add_data_args, data_conditions
 from common.cli import HelpFormatter, OneLineArgumentParser, positive_int, run_entry, setup_logging
 from common.fsutil import write_json_atomic
-from common.threads import decode_limit, usable_cores
-from tools.benchkit import add_run_args, machine, spread, work_folder
+from common.threads import usable_cores
+from tools.benchkit import add_run_args, spread, work_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "bench_pipeline.json")
@@ -87,9 +87,7 @@ def main(argv=None):
         bench.prepare()
         probe = bench.probe()
     summary = summarize(probe, usable_cores())
-    conditions = {**machine(), "cores": usable_cores(), "decode_limit": decode_limit(), "network": args.network,
-                  "image_shape": list(args.image_shape), "batch_size": args.batch_size, "rounds": args.rounds,
-                  "train_images": args.classes * args.train_per_class, "threads": probe["threads"],
+    conditions = {**data_conditions(args), "rounds": args.rounds, "threads": probe["threads"],
                   "decode_threads": probe["decode_threads"]}
     write_json_atomic(args.out, {"conditions": conditions, **summary, "probe": probe})
     print_table(summary)

@@ -174,9 +174,13 @@ class Bench:
 
 def run_conditions(args):
     """The machine and the options of add_bench_args, as a benchmark's conditions."""
+    return {**data_conditions(args), "epochs": args.epochs, "pairs": args.pairs}
+
+
+def data_conditions(args):
+    """The machine and the options of add_data_args, as a benchmark's conditions."""
     return {**machine(), "cores": usable_cores(), "decode_limit": decode_limit(), "network": args.network,
-            "image_shape": list(args.image_shape),
-            "batch_size": args.batch_size, "epochs": args.epochs, "pairs": args.pairs,
+            "image_shape": list(args.image_shape), "batch_size": args.batch_size,
             "train_images": args.classes * args.train_per_class, "val_images": args.classes * args.val_per_class}
 
 
